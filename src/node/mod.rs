@@ -1,0 +1,167 @@
+//! The threads of a running replica and what they share.
+//!
+//! - [`raft_loop`]: the raft thread, owner of `raft::RawNode`.
+//! - [`apply`]: the apply thread, sole writer of the state machine.
+//! - [`waiters`]: callers blocked on a proposal, completed by the apply thread.
+
+pub mod apply;
+pub mod raft_loop;
+pub mod waiters;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crossbeam::channel::Sender;
+use raft::eraftpb::{ConfState, Entry, Message};
+
+use crate::error::{Error, Result};
+use crate::storage::state_machine::StateMachine;
+use crate::transport::TransportStats;
+
+/// Work for the raft thread. The inbox is bounded: callers and peer readers block when the
+/// raft thread falls behind, which pushes back on clients and on the TCP senders.
+pub enum RaftMsg {
+    /// Propose an encoded command; its waiter is registered under `seq` beforehand.
+    Propose {
+        /// Sequence of the request in this replica's session.
+        seq: u64,
+        /// Encoded [`crate::command::Command`].
+        data: Vec<u8>,
+    },
+    /// Linearizable read barrier: reply once the state machine has applied the read index.
+    Read {
+        /// Completed with `Ok` when reading locally is linearizable.
+        reply: Sender<Result<()>>,
+    },
+    /// A message from a peer.
+    Step(Message),
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// Work for the apply thread, in commit order.
+pub enum ApplyTask {
+    /// Committed entries, with the membership that results from each conf-change entry.
+    Entries {
+        /// The entries, contiguous and in order.
+        entries: Vec<Entry>,
+        /// `(index, conf state after it)` for each conf-change entry among them.
+        confs: Vec<(u64, ConfState)>,
+    },
+    /// Complete `waiters` once everything up to `index` is applied.
+    ReadIndex {
+        /// The read index.
+        index: u64,
+        /// Callers waiting to read.
+        waiters: Vec<Sender<Result<()>>>,
+    },
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// Raft role of a replica, as reported in status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Following a leader (or waiting for one).
+    Follower = 0,
+    /// Pre-campaigning or campaigning.
+    Candidate = 1,
+    /// Leading.
+    Leader = 2,
+    /// Non-voting member.
+    Learner = 3,
+}
+
+impl Role {
+    fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Candidate,
+            2 => Role::Leader,
+            3 => Role::Learner,
+            _ => Role::Follower,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+            Role::Learner => "learner",
+        }
+    }
+}
+
+/// State shared by the caller threads, the raft thread and the apply thread.
+pub struct Shared {
+    /// This replica's node id.
+    pub node_id: u64,
+    /// Session id of this handle's requests (random per open).
+    pub client_id: u64,
+    /// Known leader, 0 when none.
+    pub leader_id: AtomicU64,
+    /// Current term.
+    pub term: AtomicU64,
+    /// [`Role`] as u8.
+    pub role: AtomicU8,
+    /// Commit index known to the raft thread.
+    pub commit_index: AtomicU64,
+    /// Last index in the log.
+    pub last_index: AtomicU64,
+    /// Applied index (updated after each apply batch commits).
+    pub applied_index: AtomicU64,
+    /// Applied index found on disk when the replica was opened.
+    pub applied_at_open: u64,
+    /// Entries applied by this process since open.
+    pub entries_applied: AtomicU64,
+    /// Entries seen again at or below the applied index, and skipped.
+    pub entries_skipped: AtomicU64,
+    /// Requests recognised as duplicates by the dedup table.
+    pub duplicates: AtomicU64,
+    /// Proposals waiting for their entry to apply.
+    pub waiters: waiters::Waiters,
+    /// The state machine; replaced as a whole when a snapshot is installed.
+    pub sm: RwLock<Arc<StateMachine>>,
+    /// First fatal error: once set, the replica has stopped and every call reports it.
+    pub failed: Mutex<Option<Error>>,
+    /// Set when the replica is shutting down.
+    pub stopping: AtomicBool,
+    /// Transport counters.
+    pub transport: Arc<TransportStats>,
+}
+
+impl Shared {
+    /// Current role.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    /// The state machine currently in use.
+    pub fn state_machine(&self) -> Arc<StateMachine> {
+        self.sm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a fatal error (the first one wins), fails every waiter and marks the replica stopping.
+    pub fn fail(&self, e: Error) {
+        log::error!("node {}: fatal: {e}; replica stops", self.node_id);
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e.clone());
+        }
+        drop(f);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.waiters.fail_all(&e);
+    }
+
+    /// The error to report when the replica is no longer serving.
+    pub fn stopped_error(&self) -> Error {
+        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => e.clone(),
+            None => Error::Closed,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The raft thread: owns `raft::RawNode` and drives it.
+//!
+//! One iteration: wait for the inbox (at most until the next tick), drain it (proposals, read
+//! requests, peer messages), tick if due, then handle `Ready`:
+//! 1. send `messages()` (a leader replicates while it persists, raft thesis 10.2.1);
+//! 2. persist entries and hard state in one synced LMDB txn;
+//! 3. send `persisted_messages()` (votes and acks must not precede what they acknowledge);
+//! 4. `advance_append`, then hand committed entries and read states to the apply thread.
+//!
+//! Every proposal that arrived while the previous Ready was being persisted lands in the next
+//! Ready: that is the group commit, one fsync for many writes.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Sender;
+use flume::{Receiver, RecvTimeoutError};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, ReadState, StateRole, INVALID_ID};
+
+use super::{ApplyTask, RaftMsg, Role, Shared};
+use crate::error::{Error, Result};
+use crate::storage::log_store::LogStore;
+use crate::transport::Transport;
+
+/// Most inbox messages handled before the next Ready.
+const INBOX_BATCH_MAX: usize = 4096;
+
+/// The raft thread's state.
+pub struct RaftLoop {
+    shared: Arc<Shared>,
+    raw: RawNode<LogStore>,
+    inbox: Receiver<RaftMsg>,
+    apply_tx: flume::Sender<ApplyTask>,
+    transport: Option<Transport>,
+    tick: Duration,
+    read_expiry: Duration,
+    pending_reads: Vec<Sender<Result<()>>>,
+    read_batches: HashMap<u64, (Instant, Vec<Sender<Result<()>>>)>,
+    next_read_ctx: u64,
+    applied_seen: u64,
+}
+
+impl RaftLoop {
+    /// Assembles the raft thread's state; `run` starts it.
+    pub fn new(
+        shared: Arc<Shared>,
+        raw: RawNode<LogStore>,
+        inbox: Receiver<RaftMsg>,
+        apply_tx: flume::Sender<ApplyTask>,
+        transport: Option<Transport>,
+        tick: Duration,
+        election_timeout: Duration,
+    ) -> RaftLoop {
+        let applied_seen = raw.raft.raft_log.applied;
+        RaftLoop {
+            shared,
+            raw,
+            inbox,
+            apply_tx,
+            transport,
+            tick,
+            read_expiry: election_timeout,
+            pending_reads: Vec::new(),
+            read_batches: HashMap::new(),
+            next_read_ctx: 1,
+            applied_seen,
+        }
+    }
+
+    /// Runs until shutdown or a fatal error.
+    pub fn run(mut self) {
+        if self.raw.raft.prs().is_singleton()
+            && self.raw.raft.promotable()
+            && self.raw.raft.state != StateRole::Leader
+        {
+            // Alone in the cluster: no reason to wait out an election timeout.
+            let _ = self.raw.campaign();
+        }
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(m) => {
+                    if self.handle(m) {
+                        break;
+                    }
+                    if self.drain_inbox() {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.shared.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            self.flush_reads();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                self.expire_reads(now);
+                next_tick += self.tick;
+                if next_tick < now {
+                    next_tick = now + self.tick;
+                }
+            }
+            self.advance_applied();
+            if self.raw.has_ready() {
+                if let Err(e) = self.handle_ready() {
+                    self.shared.fail(e);
+                    break;
+                }
+            }
+            self.publish();
+        }
+        self.stop();
+    }
+
+    /// Handles one inbox message; true means stop.
+    fn handle(&mut self, m: RaftMsg) -> bool {
+        match m {
+            RaftMsg::Propose { seq, data } => {
+                if let Err(e) = self.raw.propose(Vec::new(), data) {
+                    self.shared.waiters.notify(seq, Err(Error::from(e)));
+                }
+            }
+            RaftMsg::Read { reply } => self.pending_reads.push(reply),
+            RaftMsg::Step(msg) => {
+                if let Err(e) = self.raw.step(msg) {
+                    log::debug!("node {}: step: {e}", self.shared.node_id);
+                }
+            }
+            RaftMsg::Unreachable(id) => self.raw.report_unreachable(id),
+            RaftMsg::Shutdown => return true,
+        }
+        false
+    }
+
+    fn drain_inbox(&mut self) -> bool {
+        for _ in 0..INBOX_BATCH_MAX {
+            match self.inbox.try_recv() {
+                Ok(m) => {
+                    if self.handle(m) {
+                        return true;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        false
+    }
+
+    /// Turns the reads that arrived in this iteration into one ReadIndex request.
+    fn flush_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.pending_reads);
+        if self.raw.raft.leader_id == INVALID_ID {
+            for w in waiters {
+                let _ = w.try_send(Err(Error::NoLeader));
+            }
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.read_batches.insert(ctx, (Instant::now(), waiters));
+    }
+
+    /// Drops read batches raft silently lost (leader change); their callers retry.
+    fn expire_reads(&mut self, now: Instant) {
+        let expiry = self.read_expiry;
+        self.read_batches
+            .retain(|_, (at, _)| now.duration_since(*at) < expiry);
+    }
+
+    fn advance_applied(&mut self) {
+        let applied = self.shared.applied_index.load(Ordering::Acquire);
+        if applied > self.applied_seen {
+            self.raw.advance_apply_to(applied);
+            self.applied_seen = applied;
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<()> {
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+        if !rd.messages().is_empty() {
+            self.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            return Err(Error::Io(
+                "snapshot install is not supported by this replica".into(),
+            ));
+        }
+        let committed = rd.take_committed_entries();
+        let read_states = rd.take_read_states();
+        self.raw.mut_store().append(rd.entries(), rd.hs())?;
+        if !rd.persisted_messages().is_empty() {
+            self.send(rd.take_persisted_messages());
+        }
+        let mut light = self.raw.advance_append(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        self.send(light.take_messages());
+        self.dispatch_committed(committed)?;
+        self.dispatch_committed(light.take_committed_entries())?;
+        self.dispatch_reads(read_states);
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        let old = self.shared.leader_id.swap(leader, Ordering::Relaxed);
+        if old != leader {
+            log::info!(
+                "node {}: leader is now {} (term {})",
+                self.shared.node_id,
+                leader,
+                self.raw.raft.term
+            );
+        }
+        let role = match role {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower if self.is_learner() => Role::Learner,
+            StateRole::Follower => Role::Follower,
+        };
+        self.shared.role.store(role as u8, Ordering::Relaxed);
+    }
+
+    fn is_learner(&self) -> bool {
+        self.raw
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .contains(&self.shared.node_id)
+    }
+
+    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        match &mut self.transport {
+            Some(t) => t.send(msgs),
+            None => log::debug!(
+                "node {}: {} messages with no transport",
+                self.shared.node_id,
+                msgs.len()
+            ),
+        }
+    }
+
+    fn dispatch_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut confs = Vec::new();
+        for e in &entries {
+            let cs = match e.get_entry_type() {
+                EntryType::EntryNormal => continue,
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| Error::Corrupt(format!("conf change {}: {err}", e.index)))?;
+                    self.raw.apply_conf_change(&cc)?
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| Error::Corrupt(format!("conf change {}: {err}", e.index)))?;
+                    self.raw.apply_conf_change(&cc)?
+                }
+            };
+            self.raw.mut_store().set_conf_state(cs.clone());
+            confs.push((e.index, cs));
+        }
+        self.apply_tx
+            .send(ApplyTask::Entries { entries, confs })
+            .map_err(|_| Error::Closed)
+    }
+
+    fn dispatch_reads(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some((_, waiters)) = self.read_batches.remove(&u64::from_le_bytes(ctx)) {
+                let _ = self.apply_tx.send(ApplyTask::ReadIndex {
+                    index: rs.index,
+                    waiters,
+                });
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.term.store(self.raw.raft.term, Ordering::Relaxed);
+        s.commit_index
+            .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
+        s.last_index
+            .store(self.raw.raft.raft_log.last_index(), Ordering::Relaxed);
+        s.leader_id
+            .store(self.raw.raft.leader_id, Ordering::Relaxed);
+    }
+
+    fn stop(&mut self) {
+        for w in self.pending_reads.drain(..) {
+            let _ = w.try_send(Err(Error::Closed));
+        }
+        self.read_batches.clear();
+        if let Some(mut t) = self.transport.take() {
+            t.shutdown();
+        }
+        let _ = self.apply_tx.send(ApplyTask::Shutdown);
+    }
+}

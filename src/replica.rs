@@ -1,0 +1,538 @@
+//! The Rust API: [`Replica`], one member of a kvr cluster hosted in this process.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, RecvTimeoutError};
+use raft::eraftpb::ConfState;
+use raft::RawNode;
+use slog::Drain;
+
+use crate::command::{Command, Op};
+use crate::config::{Config, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::error::{Error, Result};
+use crate::node::apply::Applier;
+use crate::node::raft_loop::RaftLoop;
+use crate::node::{waiters::Waiters, RaftMsg, Role, Shared};
+use crate::storage::log_store::{Identity, LogStore, INIT_INDEX, INIT_TERM};
+use crate::storage::state_machine::StateMachine;
+use crate::storage::DirLock;
+use crate::transport::listener::Listener;
+use crate::transport::{Transport, TransportConfig, TransportStats};
+
+/// Capacity of the raft thread's inbox.
+const INBOX_LEN: usize = 8192;
+/// Largest raft append message, in bytes (at least one entry is always sent).
+const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
+/// Most append messages in flight to one follower.
+const RAFT_INFLIGHT_MAX: usize = 256;
+/// Largest batch of committed entries handed over per Ready.
+const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 << 20;
+/// Uncommitted bytes a leader accepts before dropping proposals.
+const UNCOMMITTED_BYTES_MAX: u64 = 256 << 20;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Linearizable through Raft ReadIndex (default).
+    #[default]
+    Linearizable,
+    /// Straight from the local state machine: no Raft round trip, may be stale.
+    Stale,
+}
+
+/// A point-in-time view of a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This replica's id.
+    pub node_id: u64,
+    /// Known leader, 0 when none.
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Role.
+    pub role: Role,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to the state machine.
+    pub applied_index: u64,
+    /// Last index in the local log.
+    pub last_index: u64,
+    /// Applied index found on disk at open.
+    pub applied_index_at_open: u64,
+    /// Entries applied by this process since open.
+    pub entries_applied: u64,
+    /// Entries at or below the applied index that were seen again and skipped.
+    pub entries_skipped: u64,
+    /// Requests recognised as duplicates and not applied again.
+    pub duplicates: u64,
+}
+
+/// One replica of a kvr cluster, running inside this process. Thread-safe: share it by
+/// reference or in an `Arc`; every method may be called from any thread.
+pub struct Replica {
+    cfg: Config,
+    shared: Arc<Shared>,
+    inbox: flume::Sender<RaftMsg>,
+    session: Mutex<Session>,
+    closed: AtomicBool,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Session {
+    next_seq: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+#[derive(Default)]
+struct Threads {
+    raft: Option<JoinHandle<()>>,
+    apply: Option<JoinHandle<()>>,
+    listener: Option<Listener>,
+    lock: Option<DirLock>,
+}
+
+impl Replica {
+    /// Opens (creating or recovering) the replica described by `cfg` and starts its threads.
+    /// Returns once the replica is running; it may not know a leader yet.
+    pub fn open(cfg: Config) -> Result<Replica> {
+        cfg.validate()?;
+        let lock = DirLock::acquire(&cfg.dir)?;
+        let mut log = LogStore::open(&cfg.dir.join("log"), cfg.map_size_mb)?;
+        let sm = StateMachine::open(&cfg.dir.join("data"), cfg.map_size_mb)?;
+        let identity = prepare_identity(&cfg, &mut log)?;
+        let (applied, _) = prepare_state(&cfg, &mut log, &sm)?;
+
+        let stats = Arc::new(TransportStats::default());
+        let shared = Arc::new(Shared {
+            node_id: cfg.node_id,
+            client_id: random_u64()?,
+            leader_id: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            role: AtomicU8::new(Role::Follower as u8),
+            commit_index: AtomicU64::new(log.hard_state().commit),
+            last_index: AtomicU64::new(log.last_index_now()),
+            applied_index: AtomicU64::new(applied),
+            applied_at_open: applied,
+            entries_applied: AtomicU64::new(0),
+            entries_skipped: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            waiters: Waiters::default(),
+            sm: RwLock::new(Arc::new(sm)),
+            failed: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            transport: stats.clone(),
+        });
+
+        let raw = RawNode::new(&raft_config(&cfg, applied), log, &raft_logger(cfg.node_id))?;
+        let (inbox_tx, inbox_rx) = flume::bounded(INBOX_LEN);
+        let (apply_tx, apply_rx) = flume::unbounded();
+
+        let mut threads = Threads {
+            lock: Some(lock),
+            ..Threads::default()
+        };
+        let transport = if cfg.single_node() {
+            None
+        } else {
+            let tcfg = Arc::new(TransportConfig {
+                node_id: cfg.node_id,
+                cluster_id: cfg.cluster_id,
+                incarnation: identity.incarnation,
+                frame_bytes_max: crate::config::FRAME_BYTES_MAX,
+            });
+            let listen = cfg
+                .listen_addr()
+                .expect("validated: a clustered replica has an address");
+            let deliver_tx = inbox_tx.clone();
+            let deliver: crate::transport::Deliver =
+                Arc::new(move |m| deliver_tx.send(RaftMsg::Step(m)).is_ok());
+            threads.listener = Some(Listener::bind(
+                listen,
+                tcfg.clone(),
+                deliver,
+                stats.clone(),
+            )?);
+            let unreachable_tx = inbox_tx.clone();
+            let on_unreachable: crate::transport::OnUnreachable = Arc::new(move |id| {
+                let _ = unreachable_tx.try_send(RaftMsg::Unreachable(id));
+            });
+            let mut t = Transport::new(tcfg, on_unreachable, stats);
+            for (id, addr) in &cfg.peers {
+                t.set_peer(*id, addr);
+            }
+            Some(t)
+        };
+
+        let applier = Applier::new(shared.clone(), apply_rx, applied);
+        threads.apply = Some(spawn(format!("kvr-apply-{}", cfg.node_id), move || {
+            applier.run()
+        })?);
+        let raft_loop = RaftLoop::new(
+            shared.clone(),
+            raw,
+            inbox_rx,
+            apply_tx,
+            transport,
+            Duration::from_millis(cfg.tick_ms),
+            Duration::from_millis(cfg.election_timeout_ms()),
+        );
+        threads.raft = Some(spawn(format!("kvr-raft-{}", cfg.node_id), move || {
+            raft_loop.run()
+        })?);
+        log::info!(
+            "node {}: open at {} (applied {applied}, {} peers)",
+            cfg.node_id,
+            cfg.dir.display(),
+            cfg.peers.len()
+        );
+        Ok(Replica {
+            cfg,
+            shared,
+            inbox: inbox_tx,
+            session: Mutex::new(Session {
+                next_seq: 1,
+                outstanding: BTreeSet::new(),
+            }),
+            closed: AtomicBool::new(false),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// The configuration this replica was opened with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Sets `key` to `value`. Returns once the write is committed by a majority (on disk) and
+    /// applied on this replica.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        check_key(key)?;
+        check_value(value)?;
+        self.propose(Op::Put { key, value })
+    }
+
+    /// Removes `key` (absent is not an error). Same guarantees as [`Replica::put`].
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        check_key(key)?;
+        self.propose(Op::Delete { key })
+    }
+
+    /// Reads `key` linearizably; `Ok(None)` when absent.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(key, ReadConsistency::Linearizable)
+    }
+
+    /// Reads `key` with the given consistency.
+    pub fn get_with(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        self.check_open()?;
+        if consistency == ReadConsistency::Linearizable {
+            self.read_barrier()?;
+        }
+        self.shared.state_machine().get(key)
+    }
+
+    /// A snapshot of this replica's Raft and apply state.
+    pub fn status(&self) -> Status {
+        let s = &self.shared;
+        Status {
+            node_id: s.node_id,
+            leader_id: s.leader_id.load(Ordering::Relaxed),
+            term: s.term.load(Ordering::Relaxed),
+            role: s.role(),
+            commit_index: s.commit_index.load(Ordering::Relaxed),
+            applied_index: s.applied_index.load(Ordering::Acquire),
+            last_index: s.last_index.load(Ordering::Relaxed),
+            applied_index_at_open: s.applied_at_open,
+            entries_applied: s.entries_applied.load(Ordering::Relaxed),
+            entries_skipped: s.entries_skipped.load(Ordering::Relaxed),
+            duplicates: s.duplicates.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops every thread, closes connections and LMDB environments. Idempotent; calls made
+    /// afterwards fail with [`Error::Closed`]. Calls blocked in other threads return promptly.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.inbox.try_send(RaftMsg::Shutdown);
+        let mut t = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = t.listener.as_mut() {
+            l.shutdown();
+        }
+        if let Some(h) = t.raft.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = t.apply.take() {
+            let _ = h.join();
+        }
+        t.listener = None;
+        self.shared.waiters.fail_all(&Error::Closed);
+        t.lock = None;
+        log::info!("node {}: closed", self.cfg.node_id);
+        match &*self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) || self.shared.stopping.load(Ordering::Acquire) {
+            return Err(self.shared.stopped_error());
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    /// How long to wait for one attempt before proposing again (the proposal may have been
+    /// lost with a leader change; the dedup table makes the retry safe).
+    fn retry_interval(&self) -> Duration {
+        Duration::from_millis((self.cfg.election_timeout_ms() * 2).max(200))
+    }
+
+    fn propose(&self, op: Op<'_>) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.timeout();
+        let (tx, rx) = channel::bounded(8);
+        let (seq, data) = {
+            let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.outstanding.insert(seq);
+            let watermark = *s.outstanding.first().expect("just inserted");
+            let cmd = Command {
+                client_id: self.shared.client_id,
+                seq,
+                watermark,
+                op,
+            };
+            (seq, cmd.encode())
+        };
+        self.shared.waiters.register(seq, tx);
+        let result = self.propose_until(seq, data, &rx, deadline);
+        self.shared.waiters.unregister(seq);
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outstanding
+            .remove(&seq);
+        result
+    }
+
+    fn propose_until(
+        &self,
+        seq: u64,
+        data: Vec<u8>,
+        rx: &channel::Receiver<Result<()>>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut last_err = Error::Timeout;
+        loop {
+            self.check_open()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(last_err);
+            }
+            let msg = RaftMsg::Propose {
+                seq,
+                data: data.clone(),
+            };
+            if self.inbox.send_deadline(msg, deadline).is_err() {
+                return Err(if Instant::now() >= deadline {
+                    Error::Timeout
+                } else {
+                    self.shared.stopped_error()
+                });
+            }
+            let attempt_end = deadline.min(Instant::now() + self.retry_interval());
+            match rx.recv_deadline(attempt_end) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(Error::NoLeader)) => {
+                    last_err = Error::NoLeader;
+                    self.pause(deadline);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => last_err = Error::Timeout,
+                Err(RecvTimeoutError::Disconnected) => return Err(self.shared.stopped_error()),
+            }
+        }
+    }
+
+    /// Waits until reading the local state machine is linearizable.
+    fn read_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.timeout();
+        let mut last_err = Error::Timeout;
+        loop {
+            self.check_open()?;
+            if Instant::now() >= deadline {
+                return Err(last_err);
+            }
+            let (tx, rx) = channel::bounded(1);
+            if self
+                .inbox
+                .send_deadline(RaftMsg::Read { reply: tx }, deadline)
+                .is_err()
+            {
+                return Err(if Instant::now() >= deadline {
+                    Error::Timeout
+                } else {
+                    self.shared.stopped_error()
+                });
+            }
+            match rx.recv_deadline(deadline) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(Error::NoLeader)) => {
+                    last_err = Error::NoLeader;
+                    self.pause(deadline);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => last_err = Error::Timeout,
+                // Raft lost the request (leader change): ask again.
+                Err(RecvTimeoutError::Disconnected) => self.pause(deadline),
+            }
+        }
+    }
+
+    fn pause(&self, deadline: Instant) {
+        let nap = Duration::from_millis(self.cfg.tick_ms.clamp(1, 100));
+        let left = deadline.saturating_duration_since(Instant::now());
+        thread::sleep(nap.min(left));
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| Error::Io(format!("cannot spawn thread: {e}")))
+}
+
+/// Checks a key against the limits.
+pub fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid("key is empty"));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "key of {} bytes exceeds {KEY_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a value against the limits.
+pub fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "value of {} bytes exceeds {VALUE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks or creates the identity stored in the log.
+fn prepare_identity(cfg: &Config, log: &mut LogStore) -> Result<Identity> {
+    match log.identity()? {
+        Some(id) => {
+            if id.node_id != cfg.node_id || id.cluster_id != cfg.cluster_id {
+                return Err(Error::invalid(format!(
+                    "{} holds node {} of cluster {}, but node_id {} of cluster {} was requested",
+                    cfg.dir.display(),
+                    id.node_id,
+                    id.cluster_id,
+                    cfg.node_id,
+                    cfg.cluster_id
+                )));
+            }
+            Ok(id)
+        }
+        None if log.is_empty() => {
+            let id = Identity {
+                cluster_id: cfg.cluster_id,
+                node_id: cfg.node_id,
+                incarnation: random_u64()?,
+            };
+            log.set_identity(id)?;
+            Ok(id)
+        }
+        None => Err(Error::Corrupt(format!(
+            "{} has a log but no identity",
+            cfg.dir.display()
+        ))),
+    }
+}
+
+/// Bootstraps a fresh replica or reconciles log and state machine of an existing one.
+/// Returns the applied `(index, term)`.
+fn prepare_state(cfg: &Config, log: &mut LogStore, sm: &StateMachine) -> Result<(u64, u64)> {
+    let (applied, applied_term) = sm.applied()?;
+    if log.is_empty() && applied == 0 {
+        if cfg.join {
+            return Ok((0, 0));
+        }
+        let mut cs = ConfState::default();
+        cs.voters = if cfg.peers.is_empty() {
+            vec![cfg.node_id]
+        } else {
+            cfg.peers.keys().copied().collect()
+        };
+        log.bootstrap(cs.clone())?;
+        let mut txn = sm.begin()?;
+        txn.set_conf_state(&cs)?;
+        txn.set_applied(INIT_INDEX, INIT_TERM);
+        txn.commit()?;
+        return Ok((INIT_INDEX, INIT_TERM));
+    }
+    log.reconcile(applied, applied_term)?;
+    log.set_conf_state(sm.conf_state()?);
+    Ok((applied, applied_term))
+}
+
+fn raft_config(cfg: &Config, applied: u64) -> raft::Config {
+    raft::Config {
+        id: cfg.node_id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        max_size_per_msg: RAFT_MSG_BYTES_MAX,
+        max_inflight_msgs: RAFT_INFLIGHT_MAX,
+        check_quorum: true,
+        pre_vote: true,
+        max_committed_size_per_ready: COMMITTED_BYTES_PER_READY_MAX,
+        max_uncommitted_size: UNCOMMITTED_BYTES_MAX,
+        ..raft::Config::default()
+    }
+}
+
+fn raft_logger(_node_id: u64) -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+/// A random 64-bit number from the operating system.
+pub(crate) fn random_u64() -> Result<u64> {
+    let mut b = [0u8; 8];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::Io(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(u64::from_le_bytes(b).max(1))
+}

@@ -1,0 +1,560 @@
+//! The Raft log in its own LMDB environment, implementing [`raft::Storage`].
+//!
+//! Layout: database `entries` maps the big-endian index to the protobuf-encoded entry;
+//! database `meta` holds `hard_state`, `truncated` (index and term of the last entry dropped by
+//! compaction or replaced by a snapshot) and `identity`. The log always covers
+//! `(truncated_index, last_index]` without gaps.
+//!
+//! Only the raft thread mutates a `LogStore`. Every mutation is one write transaction, and a
+//! write transaction commit in this environment is a full LMDB sync: once [`LogStore::append`]
+//! returns, the entries and hard state survive power loss.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, Str, U64};
+use heed::{Database, Env, EnvFlags, PutFlags, WithoutTls};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::error::{Error, Result};
+
+/// Index and term at which a freshly bootstrapped cluster starts. Starting above zero means a
+/// replica that joins later (with an empty log) can only catch up through a snapshot, which
+/// carries the initial membership; it can never replay a log that lacks it.
+pub const INIT_INDEX: u64 = 5;
+/// Term of [`INIT_INDEX`].
+pub const INIT_TERM: u64 = 5;
+
+/// Most bytes of recently appended entries kept decoded in memory.
+const CACHE_BYTES_MAX: usize = 64 << 20;
+/// Most entries kept decoded in memory.
+const CACHE_ENTRIES_MAX: usize = 200_000;
+
+type EntriesDb = Database<U64<BigEndian>, Bytes>;
+type MetaDb = Database<Str, Bytes>;
+
+/// Persistent identity of a replica's log: which cluster and node it belongs to, and a random
+/// incarnation chosen when the log was created (a wiped replica comes back with a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Cluster the log belongs to.
+    pub cluster_id: u64,
+    /// Node the log belongs to.
+    pub node_id: u64,
+    /// Random number fixed when the log was created.
+    pub incarnation: u64,
+}
+
+/// Source of snapshots for [`raft::Storage::snapshot`], provided by the node layer.
+pub type SnapshotSource = Box<dyn Fn(u64, u64) -> raft::Result<Snapshot> + Send>;
+
+/// The Raft log store. See the module docs.
+pub struct LogStore {
+    env: Env<WithoutTls>,
+    entries_db: EntriesDb,
+    meta_db: MetaDb,
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    cache: EntryCache,
+    snapshot_source: Option<SnapshotSource>,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the log environment at `path`.
+    pub fn open(path: &Path, map_size_mb: u64) -> Result<LogStore> {
+        let env = super::open_env(path, map_size_mb, 4, EnvFlags::empty())?;
+        let mut wtxn = env.write_txn()?;
+        let entries_db: EntriesDb = env.create_database(&mut wtxn, Some("entries"))?;
+        let meta_db: MetaDb = env.create_database(&mut wtxn, Some("meta"))?;
+        wtxn.commit()?;
+
+        let rtxn = env.read_txn()?;
+        let hard_state = match meta_db.get(&rtxn, "hard_state")? {
+            Some(b) => HardState::parse_from_bytes(b)
+                .map_err(|e| Error::Corrupt(format!("log hard_state: {e}")))?,
+            None => HardState::default(),
+        };
+        let (truncated_index, truncated_term) = match meta_db.get(&rtxn, "truncated")? {
+            Some(b) => decode_pair(b).ok_or_else(|| Error::Corrupt("log truncated".into()))?,
+            None => (0, 0),
+        };
+        let last_index = match entries_db.last(&rtxn)? {
+            Some((i, _)) => i,
+            None => truncated_index,
+        };
+        if let Some((first, _)) = entries_db.first(&rtxn)? {
+            if first != truncated_index + 1 {
+                return Err(Error::Corrupt(format!(
+                    "log starts at {first}, expected {} (truncated at {truncated_index})",
+                    truncated_index + 1
+                )));
+            }
+        }
+        if last_index < truncated_index {
+            return Err(Error::Corrupt(format!(
+                "log last index {last_index} below truncation point {truncated_index}"
+            )));
+        }
+        drop(rtxn);
+        Ok(LogStore {
+            env,
+            entries_db,
+            meta_db,
+            hard_state,
+            conf_state: ConfState::default(),
+            truncated_index,
+            truncated_term,
+            last_index,
+            cache: EntryCache::default(),
+            snapshot_source: None,
+        })
+    }
+
+    /// True when nothing was ever written: no hard state, no entries, no truncation point.
+    pub fn is_empty(&self) -> bool {
+        self.hard_state == HardState::default() && self.last_index == 0 && self.truncated_index == 0
+    }
+
+    /// Stored identity, if any.
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        let rtxn = self.env.read_txn()?;
+        let Some(b) = self.meta_db.get(&rtxn, "identity")? else {
+            return Ok(None);
+        };
+        if b.len() != 24 {
+            return Err(Error::Corrupt("log identity has the wrong length".into()));
+        }
+        let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Ok(Some(Identity {
+            cluster_id: word(0),
+            node_id: word(1),
+            incarnation: word(2),
+        }))
+    }
+
+    /// Stores the identity (done once, when the log is created).
+    pub fn set_identity(&mut self, id: Identity) -> Result<()> {
+        let mut b = Vec::with_capacity(24);
+        for w in [id.cluster_id, id.node_id, id.incarnation] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut wtxn = self.env.write_txn()?;
+        self.meta_db.put(&mut wtxn, "identity", &b)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Marks a fresh log as starting at [`INIT_INDEX`]/[`INIT_TERM`] with the given membership.
+    /// Every founding member does the same, so all start from identical state.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<()> {
+        assert!(self.is_empty(), "bootstrap on a non-empty log");
+        let mut hs = HardState::default();
+        hs.term = INIT_TERM;
+        hs.commit = INIT_INDEX;
+        self.reset_to(INIT_INDEX, INIT_TERM, hs)?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Drops the whole log and restarts it after `(index, term)`: used when a snapshot is installed,
+    /// and at open when the state machine is already ahead of the log (a crash between installing
+    /// a snapshot's data and truncating the log).
+    pub fn reset_to(&mut self, index: u64, term: u64, mut hs: HardState) -> Result<()> {
+        hs.commit = hs.commit.max(index);
+        hs.term = hs.term.max(term);
+        let mut wtxn = self.env.write_txn()?;
+        self.entries_db.clear(&mut wtxn)?;
+        self.meta_db
+            .put(&mut wtxn, "truncated", &encode_pair(index, term))?;
+        self.meta_db.put(
+            &mut wtxn,
+            "hard_state",
+            &hs.write_to_bytes().map_err(pb_err)?,
+        )?;
+        wtxn.commit()?;
+        self.truncated_index = index;
+        self.truncated_term = term;
+        self.last_index = index;
+        self.hard_state = hs;
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// Brings the log in line with a state machine that has applied up to `(applied, term)`.
+    ///
+    /// The commit index is raised to `applied` (those entries were committed: they were applied),
+    /// since the commit index is persisted lazily. If the log does not reach `applied`, or holds a
+    /// different term there, the state machine came from a snapshot the log never recorded, and
+    /// the log restarts after it.
+    pub fn reconcile(&mut self, applied: u64, applied_term: u64) -> Result<()> {
+        if applied <= self.truncated_index {
+            if applied < self.truncated_index {
+                return Err(Error::Corrupt(format!(
+                    "state machine applied {applied} is behind the log truncation point {}",
+                    self.truncated_index
+                )));
+            }
+            return Ok(());
+        }
+        let log_has_it = applied <= self.last_index
+            && raft::Storage::term(self, applied).ok() == Some(applied_term);
+        if !log_has_it {
+            log::warn!(
+                "log (last {}) does not hold applied {applied}/{applied_term}; restarting log there",
+                self.last_index
+            );
+            let hs = self.hard_state.clone();
+            return self.reset_to(applied, applied_term, hs);
+        }
+        if self.hard_state.commit < applied {
+            self.hard_state.commit = applied;
+        }
+        Ok(())
+    }
+
+    /// Sets the membership reported by `initial_state` and put in snapshot metadata.
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// The current membership as known to this store.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The current hard state (including a commit index not yet persisted).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Installs the provider of snapshots.
+    pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.snapshot_source = Some(source);
+    }
+
+    /// Records a commit index learned after the last append. It is written with the next
+    /// append; after a crash, [`LogStore::reconcile`] recovers it from the applied index.
+    pub fn set_commit(&mut self, commit: u64) {
+        assert!(
+            commit <= self.last_index,
+            "commit {commit} beyond last index {}",
+            self.last_index
+        );
+        if commit > self.hard_state.commit {
+            self.hard_state.commit = commit;
+        }
+    }
+
+    /// Appends `entries` (overwriting any conflicting suffix) and stores `hs`, in one durable
+    /// write transaction.
+    ///
+    /// # Panics
+    /// If `entries` would overwrite the truncated part of the log or leave a gap: raft-rs never
+    /// asks for either, so it would be a broken invariant.
+    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let mut wtxn = self.env.write_txn()?;
+        let mut last = self.last_index;
+        if let Some(first) = entries.first() {
+            let first = first.index;
+            assert!(
+                first > self.truncated_index,
+                "append at {first} overwrites truncated log (truncated at {})",
+                self.truncated_index
+            );
+            assert!(
+                first <= self.last_index + 1,
+                "append at {first} leaves a gap after {}",
+                self.last_index
+            );
+            if first <= self.last_index {
+                self.entries_db
+                    .delete_range(&mut wtxn, &(first..=self.last_index))?;
+            }
+            let mut buf = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                assert_eq!(
+                    e.index,
+                    first + i as u64,
+                    "entries to append are not contiguous"
+                );
+                buf.clear();
+                e.write_to_vec(&mut buf).map_err(pb_err)?;
+                self.entries_db
+                    .put_with_flags(&mut wtxn, PutFlags::APPEND, &e.index, &buf)?;
+            }
+            last = entries.last().map_or(last, |e| e.index);
+        }
+        let mut new_hs = hs.cloned().unwrap_or_else(|| self.hard_state.clone());
+        // Keep a commit index learned in between (set_commit) even if `hs` predates it.
+        new_hs.commit = new_hs.commit.max(self.hard_state.commit);
+        self.meta_db.put(
+            &mut wtxn,
+            "hard_state",
+            &new_hs.write_to_bytes().map_err(pb_err)?,
+        )?;
+        wtxn.commit()?;
+
+        if let Some(first) = entries.first() {
+            self.cache.truncate_from(first.index);
+            for e in entries {
+                self.cache.push(e.clone());
+            }
+        }
+        self.last_index = last;
+        self.hard_state = new_hs;
+        Ok(())
+    }
+
+    /// Drops entries up to and including `index` (which must be applied and in the log).
+    pub fn compact(&mut self, index: u64) -> Result<()> {
+        if index <= self.truncated_index {
+            return Ok(());
+        }
+        assert!(
+            index <= self.last_index,
+            "compact to {index} beyond last index {}",
+            self.last_index
+        );
+        let term = raft::Storage::term(self, index).map_err(|e| Error::Io(e.to_string()))?;
+        let mut wtxn = self.env.write_txn()?;
+        self.entries_db.delete_range(&mut wtxn, &(..=index))?;
+        self.meta_db
+            .put(&mut wtxn, "truncated", &encode_pair(index, term))?;
+        wtxn.commit()?;
+        self.truncated_index = index;
+        self.truncated_term = term;
+        self.cache.drop_through(index);
+        Ok(())
+    }
+
+    /// Index of the last entry dropped from the log.
+    pub fn truncated_index(&self) -> u64 {
+        self.truncated_index
+    }
+
+    /// Index of the last entry in the log.
+    pub fn last_index_now(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Bytes used by the log environment on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.env.real_disk_size().unwrap_or(0)
+    }
+
+    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
+        if let Some(e) = self.cache.get(index) {
+            return Ok(e.clone());
+        }
+        let rtxn = self.env.read_txn().map_err(store_err)?;
+        let b = self
+            .entries_db
+            .get(&rtxn, &index)
+            .map_err(store_err)?
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        Entry::parse_from_bytes(b)
+            .map_err(|e| store_err(Error::Corrupt(format!("entry {index}: {e}"))))
+    }
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last_index + 1,
+            "entries [{low}, {high}) beyond last index {}",
+            self.last_index
+        );
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        if let Some(ents) = self.cache.range(low, high, max_size) {
+            return Ok(ents);
+        }
+        let rtxn = self.env.read_txn().map_err(store_err)?;
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for item in self
+            .entries_db
+            .range(&rtxn, &(low..high))
+            .map_err(store_err)?
+        {
+            let (index, b) = item.map_err(store_err)?;
+            let e = Entry::parse_from_bytes(b)
+                .map_err(|e| store_err(Error::Corrupt(format!("entry {index}: {e}"))))?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.first().map(|e| e.index) != Some(low) {
+            return Err(store_err(Error::Corrupt(format!(
+                "log entry {low} missing"
+            ))));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match &self.snapshot_source {
+            Some(source) => source(request_index, to),
+            None => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+/// Recently appended entries, contiguous, ending at the last index.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+
+    fn get(&self, index: u64) -> Option<&Entry> {
+        let first = self.first_index()?;
+        if index < first {
+            return None;
+        }
+        self.entries.get((index - first) as usize)
+    }
+
+    fn range(&self, low: u64, high: u64, max_size: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.index;
+        if low < first || high > last + 1 {
+            return None;
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for e in self
+            .entries
+            .range((low - first) as usize..(high - first) as usize)
+        {
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Some(out)
+    }
+
+    fn push(&mut self, e: Entry) {
+        if let Some(back) = self.entries.back() {
+            if back.index + 1 != e.index {
+                self.clear();
+            }
+        }
+        self.bytes += entry_bytes(&e);
+        self.entries.push_back(e);
+        while self.bytes > CACHE_BYTES_MAX || self.entries.len() > CACHE_ENTRIES_MAX {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= entry_bytes(&old);
+        }
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.index >= index) {
+            let old = self.entries.pop_back().expect("checked non-empty");
+            self.bytes -= entry_bytes(&old);
+        }
+    }
+
+    fn drop_through(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index <= index) {
+            let old = self.entries.pop_front().expect("checked non-empty");
+            self.bytes -= entry_bytes(&old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 48
+}
+
+fn encode_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_le_bytes());
+    out[8..].copy_from_slice(&b.to_le_bytes());
+    out
+}
+
+fn decode_pair(b: &[u8]) -> Option<(u64, u64)> {
+    if b.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_le_bytes(b[..8].try_into().ok()?),
+        u64::from_le_bytes(b[8..].try_into().ok()?),
+    ))
+}
+
+fn pb_err(e: protobuf::ProtobufError) -> Error {
+    Error::Corrupt(format!("protobuf: {e}"))
+}
+
+fn store_err(e: impl Into<Error>) -> raft::Error {
+    let e: Error = e.into();
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
