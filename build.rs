@@ -11,7 +11,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=KVR_UPDATE_HEADER");
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     let config = cbindgen::Config {
@@ -37,7 +38,8 @@ fn main() {
         .expect("generating include/kvr.h from src/ffi.rs");
     let mut raw = Vec::new();
     bindings.write(&mut raw);
-    let header = parenthesize_negative_defines(&String::from_utf8(raw).expect("cbindgen writes UTF-8"));
+    let header =
+        parenthesize_negative_defines(&String::from_utf8(raw).expect("cbindgen writes UTF-8"));
     fs::write(out.join("kvr.h"), &header).expect("writing $OUT_DIR/kvr.h");
     let committed = root.join("include/kvr.h");
     if env::var_os("KVR_UPDATE_HEADER").is_some() || !committed.exists() {
