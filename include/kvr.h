@@ -140,7 +140,7 @@
 #define KVR_VALUE_BYTES_MAX 4194304
 
 /**
- * Role values in `kvr_status.role`.
+ * Role values in `kvr_status_info.role`.
  */
 #define KVR_ROLE_FOLLOWER 0
 
@@ -186,7 +186,7 @@ typedef struct kvr_buf {
 /**
  * A snapshot of a replica's state, filled by `kvr_status`.
  */
-typedef struct kvr_status {
+typedef struct kvr_status_info {
   /**
    * This replica's id.
    */
@@ -223,7 +223,7 @@ typedef struct kvr_status {
    * One of the `KVR_ROLE_*` values.
    */
   int role;
-} kvr_status;
+} kvr_status_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -317,7 +317,7 @@ void kvr_buf_free(struct kvr_buf *b);
  * Fills `*out` with the replica's current state. Never blocks.
  * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.
  */
-int kvr_status(struct kvr *db, struct kvr_status *out);
+int kvr_status(struct kvr *db, struct kvr_status_info *out);
 
 /**
  * Text of the last error on this handle (never NULL; "" when none yet). Valid until a later

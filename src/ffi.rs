@@ -72,7 +72,7 @@ pub const KVR_KEY_BYTES_MAX: usize = 511;
 /// Largest value accepted, in bytes.
 pub const KVR_VALUE_BYTES_MAX: usize = 4194304;
 
-/// Role values in `kvr_status.role`.
+/// Role values in `kvr_status_info.role`.
 pub const KVR_ROLE_FOLLOWER: c_int = 0;
 /// Candidate (election in progress).
 pub const KVR_ROLE_CANDIDATE: c_int = 1;
@@ -108,7 +108,7 @@ pub struct kvr_buf {
 
 /// A snapshot of a replica's state, filled by `kvr_status`.
 #[repr(C)]
-pub struct kvr_status {
+pub struct kvr_status_info {
     /// This replica's id.
     pub node_id: u64,
     /// Known leader id, 0 when none.
@@ -477,13 +477,13 @@ pub unsafe extern "C" fn kvr_buf_free(b: *mut kvr_buf) {
 /// Fills `*out` with the replica's current state. Never blocks.
 /// Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.
 #[no_mangle]
-pub unsafe extern "C" fn kvr_status(db: *mut kvr, out: *mut kvr_status) -> c_int {
+pub unsafe extern "C" fn kvr_status(db: *mut kvr, out: *mut kvr_status_info) -> c_int {
     with_replica(db, |r| {
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
         let s = r.status();
-        let st = kvr_status {
+        let st = kvr_status_info {
             node_id: s.node_id,
             leader_id: s.leader_id,
             term: s.term,
