@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test of kvr: Rust (unit, integration, C example, cluster processes), Python
+# binding, Go binding, and lints. Installs what it needs. Exits non-zero on any failure.
+#
+#   tests/run-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+cargo --version; rustc --version
+command -v go >/dev/null && go version
+command -v python3 >/dev/null && python3 --version
+
+step "rust: format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+step "rust: build (library, CLI, C header)"
+cargo build --all-targets
+
+step "rust: tests"
+cargo test -- --test-threads="${KVR_TEST_THREADS:-2}"
+
+if [ -d bindings/python ]; then
+    step "python binding"
+    VENV=$ROOT/target/venv
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip pytest
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./bindings/python
+    KVR_LIBRARY=$ROOT/target/debug/libkvr.so "$VENV/bin/python" -m pytest -q bindings/python/tests
+fi
+
+if [ -d bindings/go ]; then
+    step "go binding"
+    export CGO_CFLAGS="-I$ROOT/include"
+    export CGO_LDFLAGS="-L$ROOT/target/debug -Wl,-rpath,$ROOT/target/debug -lkvr"
+    (cd bindings/go && go vet ./... && go test -count=1 ./...)
+    if [ -d examples/go ]; then (cd examples/go && go vet ./...); fi
+fi
+
+step "all tests passed"
