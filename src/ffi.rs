@@ -552,3 +552,32 @@ pub unsafe extern "C" fn kvr_close(db: *mut kvr) -> c_int {
         rc
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_kvr_panic_and_poisons_the_handle() {
+        let d = tempfile::tempdir().unwrap();
+        let o = kvr_options_new();
+        let dir = CString::new(d.path().to_str().unwrap()).unwrap();
+        let mut db: *mut kvr = ptr::null_mut();
+        unsafe {
+            assert_eq!(kvr_options_set(o, c"dir".as_ptr(), dir.as_ptr()), KVR_OK);
+            assert_eq!(kvr_open(o, &mut db), KVR_OK);
+            kvr_options_free(o);
+        }
+        let rc = with_replica(db, |_| panic!("injected"));
+        assert_eq!(rc, KVR_PANIC);
+        let msg = unsafe { CStr::from_ptr(kvr_errmsg(db)) }
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("injected"), "{msg}");
+        let rc = unsafe { kvr_put(db, b"k".as_ptr(), 1, b"v".as_ptr(), 1) };
+        assert_eq!(rc, KVR_PANIC, "poisoned handle refuses further calls");
+        assert_eq!(unsafe { kvr_close(db) }, KVR_OK, "but can still be closed");
+        assert_eq!(guarded(|| panic!("no handle")), KVR_PANIC);
+    }
+}

@@ -124,7 +124,7 @@ impl Replica {
             entries_skipped: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             waiters: Waiters::default(),
-            sm: RwLock::new(Arc::new(sm)),
+            sm: RwLock::new(Some(Arc::new(sm))),
             failed: Mutex::new(None),
             stopping: AtomicBool::new(false),
             transport: stats.clone(),
@@ -236,7 +236,7 @@ impl Replica {
         if consistency == ReadConsistency::Linearizable {
             self.read_barrier()?;
         }
-        self.shared.state_machine().get(key)
+        self.shared.state_machine()?.get(key)
     }
 
     /// A snapshot of this replica's Raft and apply state.
@@ -277,6 +277,7 @@ impl Replica {
         }
         t.listener = None;
         self.shared.waiters.fail_all(&Error::Closed);
+        self.shared.release_state_machine();
         t.lock = None;
         log::info!("node {}: closed", self.cfg.node_id);
         match &*self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -490,11 +491,14 @@ fn prepare_state(cfg: &Config, log: &mut LogStore, sm: &StateMachine) -> Result<
         if cfg.join {
             return Ok((0, 0));
         }
-        let mut cs = ConfState::default();
-        cs.voters = if cfg.peers.is_empty() {
+        let voters = if cfg.peers.is_empty() {
             vec![cfg.node_id]
         } else {
             cfg.peers.keys().copied().collect()
+        };
+        let cs = ConfState {
+            voters,
+            ..ConfState::default()
         };
         log.bootstrap(cs.clone())?;
         let mut txn = sm.begin()?;

@@ -10,11 +10,12 @@ use raft::{GetEntriesContext, Storage, StorageError};
 use kvr::storage::log_store::{Identity, LogStore, INIT_INDEX, INIT_TERM};
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = format!("data-{index}").into_bytes().into();
-    e
+    Entry {
+        index,
+        term,
+        data: format!("data-{index}").into_bytes().into(),
+        ..Entry::default()
+    }
 }
 
 /// A store truncated at (3, 3) holding entries 4, 5, 6 with terms 4, 5, 6.
@@ -205,10 +206,12 @@ fn hard_state_and_identity_persist() {
     let d = tempfile::tempdir().unwrap();
     {
         let mut s = store_3_456(d.path());
-        let mut hs = HardState::default();
-        hs.term = 6;
-        hs.vote = 2;
-        hs.commit = 5;
+        let hs = HardState {
+            term: 6,
+            vote: 2,
+            commit: 5,
+            ..HardState::default()
+        };
         s.append(&[], Some(&hs)).unwrap();
         s.set_identity(Identity {
             cluster_id: 7,
@@ -238,8 +241,10 @@ fn bootstrap_starts_after_init_index() {
     let d = tempfile::tempdir().unwrap();
     let mut s = LogStore::open(d.path(), 64).unwrap();
     assert!(s.is_empty());
-    let mut cs = ConfState::default();
-    cs.voters = vec![1, 2, 3];
+    let cs = ConfState {
+        voters: vec![1, 2, 3],
+        ..ConfState::default()
+    };
     s.bootstrap(cs.clone()).unwrap();
     assert_eq!(s.first_index().unwrap(), INIT_INDEX + 1);
     assert_eq!(s.last_index().unwrap(), INIT_INDEX);

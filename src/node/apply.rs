@@ -122,7 +122,7 @@ impl Applier {
         confs: &[(u64, ConfState)],
         done: &mut Vec<(u64, Outcome)>,
     ) -> Result<u64> {
-        let sm = self.shared.state_machine();
+        let sm = self.shared.state_machine()?;
         let mut txn = sm.begin()?;
         let start = txn.applied();
         let mut skipped = 0u64;

@@ -124,8 +124,8 @@ pub struct Shared {
     pub duplicates: AtomicU64,
     /// Proposals waiting for their entry to apply.
     pub waiters: waiters::Waiters,
-    /// The state machine; replaced as a whole when a snapshot is installed.
-    pub sm: RwLock<Arc<StateMachine>>,
+    /// The state machine; replaced as a whole when a snapshot is installed, taken on close.
+    pub sm: RwLock<Option<Arc<StateMachine>>>,
     /// First fatal error: once set, the replica has stopped and every call reports it.
     pub failed: Mutex<Option<Error>>,
     /// Set when the replica is shutting down.
@@ -141,8 +141,24 @@ impl Shared {
     }
 
     /// The state machine currently in use.
-    pub fn state_machine(&self) -> Arc<StateMachine> {
-        self.sm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn state_machine(&self) -> Result<Arc<StateMachine>> {
+        self.sm
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| self.stopped_error())
+    }
+
+    /// Takes the state machine out (on close) and waits briefly for in-flight readers to
+    /// drop their references, so that its LMDB environment is closed when this returns.
+    pub fn release_state_machine(&self) {
+        let taken = self.sm.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(sm) = taken {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while Arc::strong_count(&sm) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
     }
 
     /// Records a fatal error (the first one wins), fails every waiter and marks the replica stopping.

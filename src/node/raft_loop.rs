@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::storage::log_store::LogStore;
 use crate::transport::Transport;
 
+/// A caller waiting for a linearizable read to be possible.
+type ReadWaiter = Sender<Result<()>>;
+
 /// Most inbox messages handled before the next Ready.
 const INBOX_BATCH_MAX: usize = 4096;
 
@@ -38,8 +41,8 @@ pub struct RaftLoop {
     transport: Option<Transport>,
     tick: Duration,
     read_expiry: Duration,
-    pending_reads: Vec<Sender<Result<()>>>,
-    read_batches: HashMap<u64, (Instant, Vec<Sender<Result<()>>>)>,
+    pending_reads: Vec<ReadWaiter>,
+    read_batches: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
     next_read_ctx: u64,
     applied_seen: u64,
 }

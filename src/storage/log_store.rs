@@ -154,9 +154,11 @@ impl LogStore {
     /// Every founding member does the same, so all start from identical state.
     pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<()> {
         assert!(self.is_empty(), "bootstrap on a non-empty log");
-        let mut hs = HardState::default();
-        hs.term = INIT_TERM;
-        hs.commit = INIT_INDEX;
+        let hs = HardState {
+            term: INIT_TERM,
+            commit: INIT_INDEX,
+            ..HardState::default()
+        };
         self.reset_to(INIT_INDEX, INIT_TERM, hs)?;
         self.conf_state = conf_state;
         Ok(())

@@ -1,0 +1,165 @@
+//! A single-node replica through the Rust API: put/get/delete, restart, limits, misuse.
+
+use std::sync::Arc;
+use std::thread;
+
+use kvr::{Config, Error, ReadConsistency, Replica};
+
+fn open(dir: &std::path::Path) -> Replica {
+    Replica::open(Config::new(1, dir)).unwrap()
+}
+
+#[test]
+fn put_get_delete_and_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let r = open(d.path());
+    assert_eq!(r.get(b"a").unwrap(), None);
+    r.put(b"a", b"1").unwrap();
+    r.put(b"b", b"").unwrap();
+    r.put(b"\x00bin\xff", b"\x00\x01\x02").unwrap();
+    r.put(b"a", b"2").unwrap();
+    r.delete(b"b").unwrap();
+    r.delete(b"never-existed").unwrap();
+    assert_eq!(r.get(b"a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(r.get(b"b").unwrap(), None);
+    assert_eq!(
+        r.get_with(b"\x00bin\xff", ReadConsistency::Stale).unwrap(),
+        Some(vec![0, 1, 2])
+    );
+    let before = r.status();
+    assert_eq!(before.leader_id, 1);
+    assert_eq!(before.applied_index, before.commit_index);
+    r.close().unwrap();
+
+    let r = open(d.path());
+    let s = r.status();
+    assert_eq!(
+        s.applied_index_at_open, before.applied_index,
+        "resumes from its applied index"
+    );
+    assert_eq!(r.get(b"a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(r.get(b"b").unwrap(), None);
+    let s = r.status();
+    assert_eq!(
+        s.entries_applied,
+        s.applied_index - s.applied_index_at_open,
+        "nothing re-applied"
+    );
+    assert_eq!(s.entries_skipped, 0);
+}
+
+#[test]
+fn empty_and_binary_values_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let r = open(d.path());
+    r.put(b"empty", b"").unwrap();
+    assert_eq!(
+        r.get(b"empty").unwrap(),
+        Some(Vec::new()),
+        "empty value is not absence"
+    );
+    let all: Vec<u8> = (0..=255).collect();
+    r.put(&all[1..], &all).unwrap();
+    assert_eq!(r.get(&all[1..]).unwrap(), Some(all));
+}
+
+#[test]
+fn limits_are_enforced() {
+    let d = tempfile::tempdir().unwrap();
+    let r = open(d.path());
+    let invalid = |res: kvr::Result<()>| matches!(res, Err(Error::InvalidArgument(_)));
+    assert!(invalid(r.put(b"", b"v")));
+    assert!(invalid(r.delete(b"")));
+    assert!(matches!(r.get(b""), Err(Error::InvalidArgument(_))));
+    r.put(&[b'k'; 511], b"max key").unwrap();
+    assert!(invalid(r.put(&[b'k'; 512], b"v")));
+    let big = vec![7u8; 4 << 20];
+    r.put(b"big", &big).unwrap();
+    assert_eq!(r.get(b"big").unwrap().unwrap().len(), big.len());
+    assert!(invalid(r.put(b"too-big", &vec![0u8; (4 << 20) + 1])));
+    assert_eq!(
+        r.get(b"too-big").unwrap(),
+        None,
+        "a refused write leaves nothing behind"
+    );
+}
+
+#[test]
+fn concurrent_writers_all_land() {
+    let d = tempfile::tempdir().unwrap();
+    let r = Arc::new(open(d.path()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let r = r.clone();
+            thread::spawn(move || {
+                for i in 0..200 {
+                    r.put(
+                        format!("t{t}-{i}").as_bytes(),
+                        format!("{t}:{i}").as_bytes(),
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for t in 0..8 {
+        for i in 0..200 {
+            let got = r
+                .get_with(format!("t{t}-{i}").as_bytes(), ReadConsistency::Stale)
+                .unwrap();
+            assert_eq!(got, Some(format!("{t}:{i}").into_bytes()));
+        }
+    }
+    let s = r.status();
+    assert!(s.entries_applied >= 1600, "{s:?}");
+    assert_eq!(s.duplicates, 0, "no retries without faults");
+}
+
+#[test]
+fn misuse_gets_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let r = open(d.path());
+    // The same directory cannot host two replicas.
+    match Replica::open(Config::new(1, d.path())) {
+        Err(Error::Busy(m)) => assert!(m.contains("in use") || m.contains("already open"), "{m}"),
+        other => panic!("expected Busy, got {:?}", other.map(|_| ())),
+    }
+    r.close().unwrap();
+    r.close().unwrap();
+    assert_eq!(r.put(b"k", b"v"), Err(Error::Closed));
+    assert_eq!(r.get(b"k"), Err(Error::Closed));
+    assert_eq!(r.delete(b"k"), Err(Error::Closed));
+    drop(r);
+
+    // A directory remembers which node and cluster it belongs to.
+    match Replica::open(Config::new(2, d.path())) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("holds node 1"), "{m}"),
+        other => panic!("expected InvalidArgument, got {:?}", other.map(|_| ())),
+    }
+    let mut c = Config::new(1, d.path());
+    c.cluster_id = 9;
+    assert!(matches!(Replica::open(c), Err(Error::InvalidArgument(_))));
+    // Invalid configurations are refused before anything is created.
+    assert!(matches!(
+        Replica::open(Config::new(0, d.path())),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Replica::open(Config::new(1, "")),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn close_releases_everything_for_reopen_in_process() {
+    let d = tempfile::tempdir().unwrap();
+    for round in 0..5u8 {
+        let r = open(d.path());
+        r.put(b"round", &[round]).unwrap();
+        assert_eq!(r.get(b"round").unwrap(), Some(vec![round]));
+        r.close().unwrap();
+    }
+}
