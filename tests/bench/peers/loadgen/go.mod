@@ -1,0 +1,3 @@
+module kvrbench/loadgen
+
+go 1.22
