@@ -1,0 +1,3 @@
+module github.com/kvr-db/kvr/bindings/go
+
+go 1.21
