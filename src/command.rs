@@ -231,3 +231,70 @@ mod tests {
         assert!(Command::decode(&huge).is_err());
     }
 }
+
+/// The context carried by a conf-change entry: who proposed it (to complete their waiter) and,
+/// for additions, the new member's address.
+/// Layout: `version u8 | client_id u64 | seq u64 | addr utf-8`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfContext {
+    /// Session of the proposer.
+    pub client_id: u64,
+    /// Sequence of the request in that session.
+    pub seq: u64,
+    /// Address of the member being added (empty for removals).
+    pub addr: String,
+}
+
+impl ConfContext {
+    /// Encodes the context.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(17 + self.addr.len());
+        b.push(VERSION);
+        b.extend_from_slice(&self.client_id.to_le_bytes());
+        b.extend_from_slice(&self.seq.to_le_bytes());
+        b.extend_from_slice(self.addr.as_bytes());
+        b
+    }
+
+    /// Decodes a context; an empty one (from a conf change made outside kvr) decodes to default.
+    pub fn decode(b: &[u8]) -> Result<ConfContext> {
+        if b.is_empty() {
+            return Ok(ConfContext::default());
+        }
+        let mut r = Reader { buf: b };
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(Error::Corrupt(format!(
+                "conf change context version {version} unknown"
+            )));
+        }
+        let client_id = r.u64()?;
+        let seq = r.u64()?;
+        let addr = std::str::from_utf8(r.buf)
+            .map_err(|_| Error::Corrupt("conf change address is not UTF-8".into()))?
+            .to_string();
+        Ok(ConfContext {
+            client_id,
+            seq,
+            addr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod conf_context_tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let c = ConfContext {
+            client_id: 3,
+            seq: 4,
+            addr: "127.0.0.1:1".into(),
+        };
+        assert_eq!(ConfContext::decode(&c.encode()).unwrap(), c);
+        assert_eq!(ConfContext::decode(&[]).unwrap(), ConfContext::default());
+        assert!(ConfContext::decode(&[9, 0]).is_err());
+        assert!(ConfContext::decode(&c.encode()[..10]).is_err());
+    }
+}

@@ -44,6 +44,12 @@ pub struct Config {
     pub map_size_mb: u64,
     /// Start empty and learn the membership from the cluster (`join`).
     pub join: bool,
+    /// Entries applied between two snapshot points, after which the log is compacted
+    /// (`snapshot_entries`).
+    pub snapshot_entries: u64,
+    /// Entries kept in the log below the last snapshot point, for followers that are a little
+    /// behind (`compaction_margin`).
+    pub compaction_margin: u64,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             heartbeat_ticks: 2,
             map_size_mb: 64 << 10,
             join: false,
+            snapshot_entries: 50_000,
+            compaction_margin: 5_000,
         }
     }
 }
@@ -77,6 +85,8 @@ pub const OPTION_KEYS: &[&str] = &[
     "heartbeat_ticks",
     "map_size_mb",
     "join",
+    "snapshot_entries",
+    "compaction_margin",
 ];
 
 impl Config {
@@ -113,6 +123,8 @@ impl Config {
             "heartbeat_ticks" => self.heartbeat_ticks = parse_u64(key, value, 1, 10_000)? as usize,
             "map_size_mb" => self.map_size_mb = parse_u64(key, value, 1, 1 << 30)?,
             "join" => self.join = parse_bool(key, value)?,
+            "snapshot_entries" => self.snapshot_entries = parse_u64(key, value, 1, u64::MAX / 4)?,
+            "compaction_margin" => self.compaction_margin = parse_u64(key, value, 0, u64::MAX / 4)?,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option key {key:?} (known keys: {})",

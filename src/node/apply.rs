@@ -7,25 +7,31 @@
 //! counted, never applied twice.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::Sender;
 use flume::Receiver;
-use raft::eraftpb::{ConfState, Entry, EntryType};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType};
 
 use super::waiters::Outcome;
 use super::{ApplyTask, Shared};
-use crate::command::{Command, Op};
+use crate::command::{Command, ConfContext, Op};
 use crate::error::{codes, Error, Result};
-use crate::storage::state_machine::{ApplyTxn, Dedup, SESSION_SWEEP_ENTRIES};
+use crate::storage::snapshot::Staged;
+use crate::storage::state_machine::{ApplyTxn, Dedup, StateMachine, SESSION_SWEEP_ENTRIES};
 
 /// Most entries applied in one LMDB txn.
 const BATCH_ENTRIES_MAX: usize = 16_384;
 /// Attempts at committing a batch before the replica fails closed.
 const COMMIT_ATTEMPTS_MAX: u32 = 5;
+
+/// How long an install waits for readers to let go of the old state machine.
+const INSTALL_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The apply thread's state.
 pub struct Applier {
@@ -33,16 +39,32 @@ pub struct Applier {
     rx: Receiver<ApplyTask>,
     applied: u64,
     reads: BTreeMap<u64, Vec<Sender<Result<()>>>>,
+    dir: PathBuf,
+    map_size_mb: u64,
+    snapshot_entries: u64,
+    last_snapshot: u64,
 }
 
 impl Applier {
-    /// Creates the applier; `applied` is the state machine's applied index.
-    pub fn new(shared: Arc<Shared>, rx: Receiver<ApplyTask>, applied: u64) -> Applier {
+    /// Creates the applier; `applied` is the state machine's applied index (and a durable
+    /// snapshot point: the state machine was synced at open).
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<ApplyTask>,
+        applied: u64,
+        dir: PathBuf,
+        map_size_mb: u64,
+        snapshot_entries: u64,
+    ) -> Applier {
         Applier {
             shared,
             rx,
             applied,
             reads: BTreeMap::new(),
+            dir,
+            map_size_mb,
+            snapshot_entries,
+            last_snapshot: applied,
         }
     }
 
@@ -64,6 +86,26 @@ impl Applier {
                     }
                     ApplyTask::ReadIndex { index, waiters } => {
                         self.reads.entry(index).or_default().extend(waiters);
+                    }
+                    ApplyTask::Install { staged, reply } => {
+                        // Entries queued before the snapshot come first; none can follow it
+                        // in this batch, raft hands them over only after the install.
+                        if !entries.is_empty() {
+                            if let Err(e) = self.apply_batch(&entries, &confs) {
+                                self.shared.fail(e.clone());
+                                self.fail_reads(&e);
+                                return;
+                            }
+                            entries.clear();
+                            confs.clear();
+                        }
+                        let r = self.install(staged);
+                        let failed = r.clone().err();
+                        let _ = reply.send(r);
+                        if let Some(e) = failed {
+                            self.fail_reads(&e);
+                            return;
+                        }
                     }
                     ApplyTask::Shutdown => stop = true,
                 }
@@ -101,6 +143,7 @@ impl Applier {
                         .entries_applied
                         .fetch_add(newly, Ordering::Relaxed);
                     self.shared.waiters.complete_all(done);
+                    self.maybe_snapshot();
                     return Ok(());
                 }
                 Err(e) if attempt < COMMIT_ATTEMPTS_MAX && matches!(e, Error::Io(_)) => {
@@ -140,10 +183,12 @@ impl Applier {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => self.apply_command(&mut txn, e, done)?,
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    if let Some((_, cs)) = confs.iter().find(|(i, _)| *i == e.index) {
-                        txn.set_conf_state(cs)?;
-                    }
+                EntryType::EntryConfChange => self.apply_conf_change(&mut txn, e, done)?,
+                EntryType::EntryConfChangeV2 => {}
+            }
+            if e.get_entry_type() != EntryType::EntryNormal {
+                if let Some((_, cs)) = confs.iter().find(|(i, _)| *i == e.index) {
+                    txn.set_conf_state(cs)?;
                 }
             }
             let before = txn.applied();
@@ -207,6 +252,98 @@ impl Applier {
         if mine {
             done.push((cmd.seq, outcome_of(code)));
         }
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &self,
+        txn: &mut ApplyTxn<'_>,
+        e: &Entry,
+        done: &mut Vec<(u64, Outcome)>,
+    ) -> Result<()> {
+        let cc = ConfChange::parse_from_bytes(&e.data)
+            .map_err(|err| Error::Corrupt(format!("conf change {}: {err}", e.index)))?;
+        let ctx = ConfContext::decode(&cc.context)?;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if !ctx.addr.is_empty() {
+                    txn.set_member(cc.node_id, &ctx.addr)?;
+                }
+            }
+            ConfChangeType::RemoveNode => txn.remove_member(cc.node_id, e.index)?,
+        }
+        if ctx.client_id == self.shared.client_id && ctx.seq != 0 {
+            done.push((ctx.seq, Ok(())));
+        }
+        Ok(())
+    }
+
+    /// Marks a durable snapshot point every `snapshot_entries` entries: the state machine is
+    /// synced, and the raft thread may then compact the log below it.
+    fn maybe_snapshot(&mut self) {
+        if self.applied < self.last_snapshot + self.snapshot_entries {
+            return;
+        }
+        let synced = self.shared.state_machine().and_then(|sm| sm.sync());
+        match synced {
+            Ok(()) => {
+                self.last_snapshot = self.applied;
+                self.shared
+                    .snapshot_index
+                    .store(self.applied, Ordering::Release);
+                self.shared.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => log::warn!(
+                "node {}: cannot sync state machine: {e}",
+                self.shared.node_id
+            ),
+        }
+    }
+
+    /// Replaces the state machine with a received snapshot.
+    fn install(&mut self, staged: Staged) -> Result<()> {
+        let started = Instant::now();
+        let mut slot = self.shared.sm.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            let deadline = Instant::now() + INSTALL_DRAIN_TIMEOUT;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let installed = crate::storage::install_data_dir(&self.dir, &staged.path)
+            .and_then(|path| StateMachine::open(&path, self.map_size_mb));
+        let sm = match installed {
+            Ok(sm) => sm,
+            Err(e) => {
+                // The old state machine is still current on disk; reopen it and fail closed.
+                if let Ok(p) = crate::storage::current_data_dir(&self.dir) {
+                    if let Ok(old) = StateMachine::open(&p, self.map_size_mb) {
+                        *slot = Some(Arc::new(old));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let (applied, _) = sm.applied()?;
+        assert_eq!(
+            applied, staged.index,
+            "installed state machine must hold the snapshot index"
+        );
+        *slot = Some(Arc::new(sm));
+        drop(slot);
+        self.applied = applied;
+        self.last_snapshot = applied;
+        self.shared.applied_index.store(applied, Ordering::Release);
+        self.shared.snapshot_index.store(applied, Ordering::Release);
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        log::info!(
+            "node {}: installed snapshot at {applied} in {:?}",
+            self.shared.node_id,
+            started.elapsed()
+        );
+        self.complete_reads();
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! - [`waiters`]: callers blocked on a proposal, completed by the apply thread.
 
 pub mod apply;
+pub mod host;
 pub mod raft_loop;
 pub mod waiters;
 
@@ -12,9 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crossbeam::channel::Sender;
-use raft::eraftpb::{ConfState, Entry, Message};
+use raft::eraftpb::{ConfChange, ConfState, Entry, Message};
 
 use crate::error::{Error, Result};
+use crate::storage::snapshot::Staged;
 use crate::storage::state_machine::StateMachine;
 use crate::transport::TransportStats;
 
@@ -35,6 +37,39 @@ pub enum RaftMsg {
     },
     /// A message from a peer.
     Step(Message),
+    /// A snapshot message from a peer, its state already staged on disk.
+    Snapshot {
+        /// The `MsgSnapshot`.
+        msg: Message,
+        /// The received state.
+        staged: Staged,
+    },
+    /// How sending a snapshot to a peer ended.
+    SnapshotStatus {
+        /// The peer.
+        to: u64,
+        /// True when the peer has the whole snapshot.
+        ok: bool,
+    },
+    /// Propose a membership change; its waiter is registered under `seq` beforehand.
+    ConfChange {
+        /// Sequence of the request in this replica's session.
+        seq: u64,
+        /// The change (its context carries the session, sequence and address).
+        cc: ConfChange,
+    },
+    /// Ask the leader to hand leadership to `to`.
+    TransferLeader {
+        /// The node to lead next.
+        to: u64,
+    },
+    /// A peer announced the address it listens on.
+    PeerAddr {
+        /// The peer.
+        id: u64,
+        /// Its address.
+        addr: String,
+    },
     /// A peer could not be reached.
     Unreachable(u64),
     /// Stop the thread.
@@ -49,6 +84,13 @@ pub enum ApplyTask {
         entries: Vec<Entry>,
         /// `(index, conf state after it)` for each conf-change entry among them.
         confs: Vec<(u64, ConfState)>,
+    },
+    /// Replace the state machine with a received snapshot; reply when done.
+    Install {
+        /// The staged state.
+        staged: Staged,
+        /// Told the result.
+        reply: Sender<Result<()>>,
     },
     /// Complete `waiters` once everything up to `index` is applied.
     ReadIndex {
@@ -112,6 +154,8 @@ pub struct Shared {
     pub commit_index: AtomicU64,
     /// Last index in the log.
     pub last_index: AtomicU64,
+    /// First index still in the log (everything before was compacted or snapshotted).
+    pub first_index: AtomicU64,
     /// Applied index (updated after each apply batch commits).
     pub applied_index: AtomicU64,
     /// Applied index found on disk when the replica was opened.
@@ -132,6 +176,17 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Transport counters.
     pub transport: Arc<TransportStats>,
+    /// Applied index last made durable as a snapshot point (state machine synced); the log
+    /// may be compacted up to it, minus the margin.
+    pub snapshot_index: AtomicU64,
+    /// Snapshot points taken since open.
+    pub snapshots_taken: AtomicU64,
+    /// Snapshots installed since open.
+    pub snapshots_installed: AtomicU64,
+    /// Set when this replica learns it was removed from the cluster.
+    pub removed: AtomicBool,
+    /// Why a peer last refused this replica, if one did.
+    pub refusal: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -171,6 +226,20 @@ impl Shared {
         drop(f);
         self.stopping.store(true, Ordering::SeqCst);
         self.waiters.fail_all(&e);
+    }
+
+    /// Remembers that a peer refused this replica (reported when requests cannot complete).
+    pub fn set_refusal(&self, why: String) {
+        *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// The refusal to report instead of a timeout, if any.
+    pub fn refusal(&self) -> Option<Error> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .map(Error::Refused)
     }
 
     /// The error to report when the replica is no longer serving.

@@ -15,15 +15,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::Sender;
+use crossbeam::channel::{self, Sender};
 use flume::{Receiver, RecvTimeoutError};
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::{RawNode, ReadState, StateRole, INVALID_ID};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole, INVALID_ID};
 
 use super::{ApplyTask, RaftMsg, Role, Shared};
+use crate::command::ConfContext;
 use crate::error::{Error, Result};
 use crate::storage::log_store::LogStore;
+use crate::storage::snapshot::Staged;
 use crate::transport::Transport;
 
 /// A caller waiting for a linearizable read to be possible.
@@ -31,6 +33,17 @@ type ReadWaiter = Sender<Result<()>>;
 
 /// Most inbox messages handled before the next Ready.
 const INBOX_BATCH_MAX: usize = 4096;
+
+/// Pacing of the raft thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Raft tick interval.
+    pub tick: Duration,
+    /// Base election timeout; read requests unanswered this long are dropped (and retried).
+    pub election_timeout: Duration,
+    /// Entries kept in the log below the last snapshot point.
+    pub compaction_margin: u64,
+}
 
 /// The raft thread's state.
 pub struct RaftLoop {
@@ -45,6 +58,8 @@ pub struct RaftLoop {
     read_batches: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
     next_read_ctx: u64,
     applied_seen: u64,
+    staged: HashMap<(u64, u64), Staged>,
+    compaction_margin: u64,
 }
 
 impl RaftLoop {
@@ -55,8 +70,7 @@ impl RaftLoop {
         inbox: Receiver<RaftMsg>,
         apply_tx: flume::Sender<ApplyTask>,
         transport: Option<Transport>,
-        tick: Duration,
-        election_timeout: Duration,
+        timing: Timing,
     ) -> RaftLoop {
         let applied_seen = raw.raft.raft_log.applied;
         RaftLoop {
@@ -65,12 +79,14 @@ impl RaftLoop {
             inbox,
             apply_tx,
             transport,
-            tick,
-            read_expiry: election_timeout,
+            tick: timing.tick,
+            read_expiry: timing.election_timeout,
             pending_reads: Vec::new(),
             read_batches: HashMap::new(),
             next_read_ctx: 1,
             applied_seen,
+            staged: HashMap::new(),
+            compaction_margin: timing.compaction_margin,
         }
     }
 
@@ -106,6 +122,10 @@ impl RaftLoop {
             if now >= next_tick {
                 self.raw.tick();
                 self.expire_reads(now);
+                if let Err(e) = self.maybe_compact() {
+                    self.shared.fail(e);
+                    break;
+                }
                 next_tick += self.tick;
                 if next_tick < now {
                     next_tick = now + self.tick;
@@ -137,10 +157,86 @@ impl RaftLoop {
                     log::debug!("node {}: step: {e}", self.shared.node_id);
                 }
             }
+            RaftMsg::Snapshot { msg, staged } => self.step_snapshot(msg, staged),
+            RaftMsg::SnapshotStatus { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            RaftMsg::ConfChange { seq, cc } => self.propose_conf_change(seq, cc),
+            RaftMsg::TransferLeader { to } => self.raw.transfer_leader(to),
+            RaftMsg::PeerAddr { id, addr } => {
+                if let Some(t) = &mut self.transport {
+                    if !t.has_peer(id) {
+                        log::info!(
+                            "node {}: learned node {id} is at {addr}",
+                            self.shared.node_id
+                        );
+                        t.set_peer(id, &addr);
+                    }
+                }
+            }
             RaftMsg::Unreachable(id) => self.raw.report_unreachable(id),
             RaftMsg::Shutdown => return true,
         }
         false
+    }
+
+    /// Steps a snapshot message whose state is staged; the staged state is kept until the
+    /// Ready that restores it, or dropped at once if raft ignores the snapshot.
+    fn step_snapshot(&mut self, msg: raft::eraftpb::Message, staged: Staged) {
+        let key = (staged.index, staged.term);
+        if let Err(e) = self.raw.step(msg) {
+            log::debug!("node {}: step snapshot: {e}", self.shared.node_id);
+            return;
+        }
+        let pending = self
+            .raw
+            .snap()
+            .map(|s| (s.get_metadata().index, s.get_metadata().term));
+        if pending == Some(key) {
+            self.staged.insert(key, staged);
+        } else {
+            log::info!(
+                "node {}: snapshot at {} not needed; dropped",
+                self.shared.node_id,
+                key.0
+            );
+        }
+    }
+
+    fn propose_conf_change(&mut self, seq: u64, cc: ConfChange) {
+        let r = &self.raw.raft;
+        if r.pending_conf_index > r.raft_log.applied {
+            // raft-rs would silently turn the change into an empty entry; let the caller retry.
+            let busy = Error::Busy("another membership change is in progress".into());
+            self.shared.waiters.notify(seq, Err(busy));
+            return;
+        }
+        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+            self.shared.waiters.notify(seq, Err(Error::from(e)));
+        }
+    }
+
+    /// Drops log entries below the last durable snapshot point, keeping a margin for
+    /// followers that are a little behind.
+    fn maybe_compact(&mut self) -> Result<()> {
+        let snap = self.shared.snapshot_index.load(Ordering::Acquire);
+        let target = snap
+            .saturating_sub(self.compaction_margin)
+            .min(self.raw.raft.raft_log.applied);
+        let store = self.raw.mut_store();
+        if target > store.truncated_index() && target <= store.last_index_now() {
+            store.compact(target)?;
+            log::debug!(
+                "node {}: log compacted through {target}",
+                self.shared.node_id
+            );
+        }
+        Ok(())
     }
 
     fn drain_inbox(&mut self) -> bool {
@@ -199,9 +295,7 @@ impl RaftLoop {
             self.send(rd.take_messages());
         }
         if !rd.snapshot().is_empty() {
-            return Err(Error::Io(
-                "snapshot install is not supported by this replica".into(),
-            ));
+            self.install_snapshot(rd.snapshot().clone())?;
         }
         let committed = rd.take_committed_entries();
         let read_states = rd.take_read_states();
@@ -218,6 +312,44 @@ impl RaftLoop {
         self.dispatch_committed(light.take_committed_entries())?;
         self.dispatch_reads(read_states);
         Ok(())
+    }
+
+    /// Installs the staged state of `snap` (through the apply thread, which owns the state
+    /// machine) and restarts the log after it.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let key = (meta.index, meta.term);
+        let staged = self.staged.remove(&key).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "raft restores snapshot {key:?} that was never received"
+            ))
+        })?;
+        self.staged.clear();
+        let (tx, rx) = channel::bounded(1);
+        self.apply_tx
+            .send(ApplyTask::Install { staged, reply: tx })
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)??;
+        let hs = self.raw.mut_store().hard_state().clone();
+        let store = self.raw.mut_store();
+        store.reset_to(meta.index, meta.term, hs)?;
+        store.set_conf_state(meta.get_conf_state().clone());
+        self.applied_seen = self.applied_seen.max(meta.index);
+        self.refresh_peers();
+        Ok(())
+    }
+
+    /// Points the transport at every member recorded in the state machine.
+    fn refresh_peers(&mut self) {
+        let Some(t) = &mut self.transport else { return };
+        match self.shared.state_machine().and_then(|sm| sm.members()) {
+            Ok(members) => {
+                for m in members {
+                    t.set_peer(m.id, &m.addr);
+                }
+            }
+            Err(e) => log::warn!("node {}: cannot read members: {e}", self.shared.node_id),
+        }
     }
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
@@ -273,6 +405,7 @@ impl RaftLoop {
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)
                         .map_err(|err| Error::Corrupt(format!("conf change {}: {err}", e.index)))?;
+                    self.on_conf_change(&cc)?;
                     self.raw.apply_conf_change(&cc)?
                 }
                 EntryType::EntryConfChangeV2 => {
@@ -287,6 +420,30 @@ impl RaftLoop {
         self.apply_tx
             .send(ApplyTask::Entries { entries, confs })
             .map_err(|_| Error::Closed)
+    }
+
+    /// Updates the transport and this node's standing for a committed conf change.
+    fn on_conf_change(&mut self, cc: &ConfChange) -> Result<()> {
+        let ctx = ConfContext::decode(&cc.context)?;
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if let Some(t) = &mut self.transport {
+                    if !ctx.addr.is_empty() {
+                        t.set_peer(id, &ctx.addr);
+                    }
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                if id == self.shared.node_id {
+                    log::warn!("node {id}: removed from the cluster");
+                    self.shared.removed.store(true, Ordering::SeqCst);
+                } else if let Some(t) = &mut self.transport {
+                    t.remove_peer(id);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dispatch_reads(&mut self, states: Vec<ReadState>) {
@@ -312,6 +469,8 @@ impl RaftLoop {
             .store(self.raw.raft.raft_log.last_index(), Ordering::Relaxed);
         s.leader_id
             .store(self.raw.raft.leader_id, Ordering::Relaxed);
+        s.first_index
+            .store(self.raw.store().truncated_index() + 1, Ordering::Relaxed);
     }
 
     fn stop(&mut self) {

@@ -1,5 +1,8 @@
 //! The Rust API: [`Replica`], one member of a kvr cluster hosted in this process.
 
+mod membership;
+mod open;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
@@ -9,7 +12,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, RecvTimeoutError};
-use raft::eraftpb::ConfState;
 use raft::RawNode;
 use slog::Drain;
 
@@ -17,13 +19,17 @@ use crate::command::{Command, Op};
 use crate::config::{Config, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::node::apply::Applier;
-use crate::node::raft_loop::RaftLoop;
+use crate::node::host::NodeHost;
+use crate::node::raft_loop::{RaftLoop, Timing};
 use crate::node::{waiters::Waiters, RaftMsg, Role, Shared};
-use crate::storage::log_store::{Identity, LogStore, INIT_INDEX, INIT_TERM};
+use crate::storage::log_store::LogStore;
+use crate::storage::snapshot::Registry;
 use crate::storage::state_machine::StateMachine;
 use crate::storage::DirLock;
 use crate::transport::listener::Listener;
-use crate::transport::{Transport, TransportConfig, TransportStats};
+use crate::transport::{Host, Transport, TransportConfig, TransportStats};
+
+pub use membership::{MemberInfo, MemberRole};
 
 /// Capacity of the raft thread's inbox.
 const INBOX_LEN: usize = 8192;
@@ -61,6 +67,8 @@ pub struct Status {
     pub commit_index: u64,
     /// Highest index applied to the state machine.
     pub applied_index: u64,
+    /// First index still in the local log.
+    pub first_index: u64,
     /// Last index in the local log.
     pub last_index: u64,
     /// Applied index found on disk at open.
@@ -71,6 +79,16 @@ pub struct Status {
     pub entries_skipped: u64,
     /// Requests recognised as duplicates and not applied again.
     pub duplicates: u64,
+    /// Applied index of the last durable snapshot point.
+    pub snapshot_index: u64,
+    /// Snapshot points taken since open.
+    pub snapshots_taken: u64,
+    /// Snapshots received and installed since open.
+    pub snapshots_installed: u64,
+    /// Snapshots sent to other replicas since open.
+    pub snapshots_sent: u64,
+    /// True once this replica knows it was removed from the cluster.
+    pub removed: bool,
 }
 
 /// One replica of a kvr cluster, running inside this process. Thread-safe: share it by
@@ -103,34 +121,30 @@ impl Replica {
     /// Returns once the replica is running; it may not know a leader yet.
     pub fn open(cfg: Config) -> Result<Replica> {
         cfg.validate()?;
-        let lock = DirLock::acquire(&cfg.dir)?;
-        let mut log = LogStore::open(&cfg.dir.join("log"), cfg.map_size_mb)?;
-        let sm = StateMachine::open(&cfg.dir.join("data"), cfg.map_size_mb)?;
-        let identity = prepare_identity(&cfg, &mut log)?;
-        let (applied, _) = prepare_state(&cfg, &mut log, &sm)?;
-
+        let open::OnDisk {
+            lock,
+            mut log,
+            sm,
+            identity,
+            applied,
+        } = open::open_dir(&cfg)?;
         let stats = Arc::new(TransportStats::default());
-        let shared = Arc::new(Shared {
-            node_id: cfg.node_id,
-            client_id: random_u64()?,
-            leader_id: AtomicU64::new(0),
-            term: AtomicU64::new(0),
-            role: AtomicU8::new(Role::Follower as u8),
-            commit_index: AtomicU64::new(log.hard_state().commit),
-            last_index: AtomicU64::new(log.last_index_now()),
-            applied_index: AtomicU64::new(applied),
-            applied_at_open: applied,
-            entries_applied: AtomicU64::new(0),
-            entries_skipped: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            waiters: Waiters::default(),
-            sm: RwLock::new(Some(Arc::new(sm))),
-            failed: Mutex::new(None),
-            stopping: AtomicBool::new(false),
-            transport: stats.clone(),
-        });
-
-        let raw = RawNode::new(&raft_config(&cfg, applied), log, &raft_logger(cfg.node_id))?;
+        let members = sm.members()?;
+        let shared = Arc::new(new_shared(&cfg, &log, sm, applied, stats.clone())?);
+        let registry = Arc::new(Registry::default());
+        let snap_shared = shared.clone();
+        let snap_registry = registry.clone();
+        log.set_snapshot_source(Box::new(move |request_index, to| {
+            let sm = snap_shared.state_machine().map_err(store_err)?;
+            match snap_registry.create(&sm, to, request_index) {
+                Ok(Some(s)) => Ok(s),
+                Ok(None) => Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                )),
+                Err(e) => Err(store_err(e)),
+            }
+        }));
+        let raw = RawNode::new(&raft_config(&cfg, applied), log, &raft_logger())?;
         let (inbox_tx, inbox_rx) = flume::bounded(INBOX_LEN);
         let (apply_tx, apply_rx) = flume::unbounded();
 
@@ -141,56 +155,74 @@ impl Replica {
         let transport = if cfg.single_node() {
             None
         } else {
+            let listen = cfg
+                .listen_addr()
+                .expect("validated: a clustered replica has an address");
             let tcfg = Arc::new(TransportConfig {
                 node_id: cfg.node_id,
                 cluster_id: cfg.cluster_id,
                 incarnation: identity.incarnation,
+                advertise: listen.to_string(),
                 frame_bytes_max: crate::config::FRAME_BYTES_MAX,
             });
-            let listen = cfg
-                .listen_addr()
-                .expect("validated: a clustered replica has an address");
-            let deliver_tx = inbox_tx.clone();
-            let deliver: crate::transport::Deliver =
-                Arc::new(move |m| deliver_tx.send(RaftMsg::Step(m)).is_ok());
+            let host: Arc<dyn Host> = Arc::new(NodeHost::new(
+                shared.clone(),
+                inbox_tx.clone(),
+                registry,
+                &cfg.dir,
+                cfg.map_size_mb,
+            )?);
             threads.listener = Some(Listener::bind(
                 listen,
                 tcfg.clone(),
-                deliver,
+                host.clone(),
                 stats.clone(),
             )?);
-            let unreachable_tx = inbox_tx.clone();
-            let on_unreachable: crate::transport::OnUnreachable = Arc::new(move |id| {
-                let _ = unreachable_tx.try_send(RaftMsg::Unreachable(id));
-            });
-            let mut t = Transport::new(tcfg, on_unreachable, stats);
+            let mut t = Transport::new(tcfg, host, stats);
+            // Recorded members first; explicitly configured addresses win.
+            for m in &members {
+                t.set_peer(m.id, &m.addr);
+            }
             for (id, addr) in &cfg.peers {
                 t.set_peer(*id, addr);
             }
             Some(t)
         };
 
-        let applier = Applier::new(shared.clone(), apply_rx, applied);
-        threads.apply = Some(spawn(format!("kvr-apply-{}", cfg.node_id), move || {
-            applier.run()
-        })?);
+        let applier = Applier::new(
+            shared.clone(),
+            apply_rx,
+            applied,
+            cfg.dir.clone(),
+            cfg.map_size_mb,
+            cfg.snapshot_entries,
+        );
+        threads.apply = Some(spawn(
+            format!("kvr-apply-{}", cfg.node_id),
+            shared.clone(),
+            move || applier.run(),
+        )?);
         let raft_loop = RaftLoop::new(
             shared.clone(),
             raw,
             inbox_rx,
             apply_tx,
             transport,
-            Duration::from_millis(cfg.tick_ms),
-            Duration::from_millis(cfg.election_timeout_ms()),
+            Timing {
+                tick: Duration::from_millis(cfg.tick_ms),
+                election_timeout: Duration::from_millis(cfg.election_timeout_ms()),
+                compaction_margin: cfg.compaction_margin,
+            },
         );
-        threads.raft = Some(spawn(format!("kvr-raft-{}", cfg.node_id), move || {
-            raft_loop.run()
-        })?);
+        threads.raft = Some(spawn(
+            format!("kvr-raft-{}", cfg.node_id),
+            shared.clone(),
+            move || raft_loop.run(),
+        )?);
         log::info!(
-            "node {}: open at {} (applied {applied}, {} peers)",
+            "node {}: open at {} (applied {applied})",
             cfg.node_id,
-            cfg.dir.display(),
-            cfg.peers.len()
+            cfg.dir.display()
         );
         Ok(Replica {
             cfg,
@@ -249,11 +281,17 @@ impl Replica {
             role: s.role(),
             commit_index: s.commit_index.load(Ordering::Relaxed),
             applied_index: s.applied_index.load(Ordering::Acquire),
+            first_index: s.first_index.load(Ordering::Relaxed),
             last_index: s.last_index.load(Ordering::Relaxed),
             applied_index_at_open: s.applied_at_open,
             entries_applied: s.entries_applied.load(Ordering::Relaxed),
             entries_skipped: s.entries_skipped.load(Ordering::Relaxed),
             duplicates: s.duplicates.load(Ordering::Relaxed),
+            snapshot_index: s.snapshot_index.load(Ordering::Relaxed),
+            snapshots_taken: s.snapshots_taken.load(Ordering::Relaxed),
+            snapshots_installed: s.snapshots_installed.load(Ordering::Relaxed),
+            snapshots_sent: s.transport.snapshots_sent.load(Ordering::Relaxed),
+            removed: s.removed.load(Ordering::Relaxed),
         }
     }
 
@@ -290,6 +328,9 @@ impl Replica {
         if self.closed.load(Ordering::Acquire) || self.shared.stopping.load(Ordering::Acquire) {
             return Err(self.shared.stopped_error());
         }
+        if self.shared.removed.load(Ordering::Acquire) {
+            return Err(Error::Removed);
+        }
         Ok(())
     }
 
@@ -303,71 +344,85 @@ impl Replica {
         Duration::from_millis((self.cfg.election_timeout_ms() * 2).max(200))
     }
 
-    fn propose(&self, op: Op<'_>) -> Result<()> {
-        self.check_open()?;
-        let deadline = Instant::now() + self.timeout();
-        let (tx, rx) = channel::bounded(8);
-        let (seq, data) = {
-            let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            s.outstanding.insert(seq);
-            let watermark = *s.outstanding.first().expect("just inserted");
-            let cmd = Command {
-                client_id: self.shared.client_id,
-                seq,
-                watermark,
-                op,
-            };
-            (seq, cmd.encode())
-        };
-        self.shared.waiters.register(seq, tx);
-        let result = self.propose_until(seq, data, &rx, deadline);
+    /// Allocates the next sequence of this session; returns it with the session's watermark.
+    fn next_seq(&self) -> (u64, u64) {
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.outstanding.insert(seq);
+        (seq, *s.outstanding.first().expect("just inserted"))
+    }
+
+    fn settle_seq(&self, seq: u64) {
         self.shared.waiters.unregister(seq);
         self.session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .outstanding
             .remove(&seq);
+    }
+
+    fn propose(&self, op: Op<'_>) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.timeout();
+        let (seq, watermark) = self.next_seq();
+        let data = Command {
+            client_id: self.shared.client_id,
+            seq,
+            watermark,
+            op,
+        }
+        .encode();
+        let result = self.request_until(seq, deadline, || RaftMsg::Propose {
+            seq,
+            data: data.clone(),
+        });
+        self.settle_seq(seq);
         result
     }
 
-    fn propose_until(
-        &self,
-        seq: u64,
-        data: Vec<u8>,
-        rx: &channel::Receiver<Result<()>>,
-        deadline: Instant,
-    ) -> Result<()> {
+    /// Sends `make()` to the raft thread and waits for request `seq` to apply, sending it again
+    /// whenever an attempt may have been lost, until `deadline`.
+    fn request_until(&self, seq: u64, deadline: Instant, make: impl Fn() -> RaftMsg) -> Result<()> {
+        let (tx, rx) = channel::bounded(8);
+        self.shared.waiters.register(seq, tx);
         let mut last_err = Error::Timeout;
         loop {
             self.check_open()?;
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(last_err);
+            if Instant::now() >= deadline {
+                return Err(self.explain(last_err));
             }
-            let msg = RaftMsg::Propose {
-                seq,
-                data: data.clone(),
-            };
-            if self.inbox.send_deadline(msg, deadline).is_err() {
-                return Err(if Instant::now() >= deadline {
-                    Error::Timeout
-                } else {
-                    self.shared.stopped_error()
-                });
-            }
+            self.send_to_raft(make(), deadline)?;
             let attempt_end = deadline.min(Instant::now() + self.retry_interval());
             match rx.recv_deadline(attempt_end) {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(Error::NoLeader)) => {
-                    last_err = Error::NoLeader;
+                Ok(Err(e @ (Error::NoLeader | Error::Busy(_)))) => {
+                    last_err = e;
                     self.pause(deadline);
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(RecvTimeoutError::Timeout) => last_err = Error::Timeout,
                 Err(RecvTimeoutError::Disconnected) => return Err(self.shared.stopped_error()),
             }
+        }
+    }
+
+    fn send_to_raft(&self, msg: RaftMsg, deadline: Instant) -> Result<()> {
+        if self.inbox.send_deadline(msg, deadline).is_err() {
+            return Err(if Instant::now() >= deadline {
+                self.explain(Error::Timeout)
+            } else {
+                self.shared.stopped_error()
+            });
+        }
+        Ok(())
+    }
+
+    /// A request that could not complete: if a peer refused this replica, that is the reason.
+    fn explain(&self, e: Error) -> Error {
+        match (&e, self.shared.refusal()) {
+            (Error::Timeout | Error::NoLeader, Some(refusal)) => refusal,
+            _ => e,
         }
     }
 
@@ -378,20 +433,10 @@ impl Replica {
         loop {
             self.check_open()?;
             if Instant::now() >= deadline {
-                return Err(last_err);
+                return Err(self.explain(last_err));
             }
             let (tx, rx) = channel::bounded(1);
-            if self
-                .inbox
-                .send_deadline(RaftMsg::Read { reply: tx }, deadline)
-                .is_err()
-            {
-                return Err(if Instant::now() >= deadline {
-                    Error::Timeout
-                } else {
-                    self.shared.stopped_error()
-                });
-            }
+            self.send_to_raft(RaftMsg::Read { reply: tx }, deadline)?;
             match rx.recv_deadline(deadline) {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(Error::NoLeader)) => {
@@ -419,11 +464,66 @@ impl Drop for Replica {
     }
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+fn new_shared(
+    cfg: &Config,
+    log: &LogStore,
+    sm: StateMachine,
+    applied: u64,
+    stats: Arc<TransportStats>,
+) -> Result<Shared> {
+    let removed = sm.is_removed(cfg.node_id)?;
+    Ok(Shared {
+        node_id: cfg.node_id,
+        client_id: random_u64()?,
+        leader_id: AtomicU64::new(0),
+        term: AtomicU64::new(0),
+        role: AtomicU8::new(Role::Follower as u8),
+        commit_index: AtomicU64::new(log.hard_state().commit),
+        last_index: AtomicU64::new(log.last_index_now()),
+        first_index: AtomicU64::new(log.truncated_index() + 1),
+        applied_index: AtomicU64::new(applied),
+        applied_at_open: applied,
+        entries_applied: AtomicU64::new(0),
+        entries_skipped: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        waiters: Waiters::default(),
+        sm: RwLock::new(Some(Arc::new(sm))),
+        failed: Mutex::new(None),
+        stopping: AtomicBool::new(false),
+        transport: stats,
+        snapshot_index: AtomicU64::new(applied),
+        snapshots_taken: AtomicU64::new(0),
+        snapshots_installed: AtomicU64::new(0),
+        removed: AtomicBool::new(removed),
+        refusal: Mutex::new(None),
+    })
+}
+
+/// Spawns a replica thread. A panic in it (a broken invariant) fails the replica closed
+/// instead of leaving callers waiting on a thread that is gone.
+fn spawn(
+    name: String,
+    shared: Arc<Shared>,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let thread_name = name.clone();
     thread::Builder::new()
         .name(name)
-        .spawn(f)
+        .spawn(move || {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                shared.fail(Error::Panic(format!("thread {thread_name}: {msg}")));
+            }
+        })
         .map_err(|e| Error::Io(format!("cannot spawn thread: {e}")))
+}
+
+fn store_err(e: Error) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(Box::new(e)))
 }
 
 /// Checks a key against the limits.
@@ -451,67 +551,6 @@ pub fn check_value(value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Checks or creates the identity stored in the log.
-fn prepare_identity(cfg: &Config, log: &mut LogStore) -> Result<Identity> {
-    match log.identity()? {
-        Some(id) => {
-            if id.node_id != cfg.node_id || id.cluster_id != cfg.cluster_id {
-                return Err(Error::invalid(format!(
-                    "{} holds node {} of cluster {}, but node_id {} of cluster {} was requested",
-                    cfg.dir.display(),
-                    id.node_id,
-                    id.cluster_id,
-                    cfg.node_id,
-                    cfg.cluster_id
-                )));
-            }
-            Ok(id)
-        }
-        None if log.is_empty() => {
-            let id = Identity {
-                cluster_id: cfg.cluster_id,
-                node_id: cfg.node_id,
-                incarnation: random_u64()?,
-            };
-            log.set_identity(id)?;
-            Ok(id)
-        }
-        None => Err(Error::Corrupt(format!(
-            "{} has a log but no identity",
-            cfg.dir.display()
-        ))),
-    }
-}
-
-/// Bootstraps a fresh replica or reconciles log and state machine of an existing one.
-/// Returns the applied `(index, term)`.
-fn prepare_state(cfg: &Config, log: &mut LogStore, sm: &StateMachine) -> Result<(u64, u64)> {
-    let (applied, applied_term) = sm.applied()?;
-    if log.is_empty() && applied == 0 {
-        if cfg.join {
-            return Ok((0, 0));
-        }
-        let voters = if cfg.peers.is_empty() {
-            vec![cfg.node_id]
-        } else {
-            cfg.peers.keys().copied().collect()
-        };
-        let cs = ConfState {
-            voters,
-            ..ConfState::default()
-        };
-        log.bootstrap(cs.clone())?;
-        let mut txn = sm.begin()?;
-        txn.set_conf_state(&cs)?;
-        txn.set_applied(INIT_INDEX, INIT_TERM);
-        txn.commit()?;
-        return Ok((INIT_INDEX, INIT_TERM));
-    }
-    log.reconcile(applied, applied_term)?;
-    log.set_conf_state(sm.conf_state()?);
-    Ok((applied, applied_term))
-}
-
 fn raft_config(cfg: &Config, applied: u64) -> raft::Config {
     raft::Config {
         id: cfg.node_id,
@@ -528,7 +567,7 @@ fn raft_config(cfg: &Config, applied: u64) -> raft::Config {
     }
 }
 
-fn raft_logger(_node_id: u64) -> slog::Logger {
+fn raft_logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 

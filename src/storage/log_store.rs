@@ -150,6 +150,42 @@ impl LogStore {
         Ok(())
     }
 
+    /// Gives a fresh log its identity and, for a founding member, its starting point, in one
+    /// durable txn: a log has an identity exactly when it has been initialized. A replica
+    /// that joins an existing cluster passes no membership and waits for a snapshot.
+    pub fn initialize(&mut self, id: Identity, founding: Option<ConfState>) -> Result<()> {
+        assert!(self.is_empty(), "initialize on a non-empty log");
+        let mut b = Vec::with_capacity(24);
+        for w in [id.cluster_id, id.node_id, id.incarnation] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut wtxn = self.env.write_txn()?;
+        self.meta_db.put(&mut wtxn, "identity", &b)?;
+        let hs = HardState {
+            term: INIT_TERM,
+            commit: INIT_INDEX,
+            ..HardState::default()
+        };
+        if founding.is_some() {
+            self.meta_db
+                .put(&mut wtxn, "truncated", &encode_pair(INIT_INDEX, INIT_TERM))?;
+            self.meta_db.put(
+                &mut wtxn,
+                "hard_state",
+                &hs.write_to_bytes().map_err(pb_err)?,
+            )?;
+        }
+        wtxn.commit()?;
+        if let Some(cs) = founding {
+            self.truncated_index = INIT_INDEX;
+            self.truncated_term = INIT_TERM;
+            self.last_index = INIT_INDEX;
+            self.hard_state = hs;
+            self.conf_state = cs;
+        }
+        Ok(())
+    }
+
     /// Marks a fresh log as starting at [`INIT_INDEX`]/[`INIT_TERM`] with the given membership.
     /// Every founding member does the same, so all start from identical state.
     pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<()> {

@@ -1,9 +1,11 @@
 //! The replicated state machine in its own LMDB environment.
 //!
 //! Databases: `kv` (user keys → values), `meta` (`applied` index and term, applied
-//! `conf_state`), `sessions` (client id → dedup watermark and last index used) and `dedup`
-//! (client id ‖ sequence → result code of an applied request). One [`ApplyTxn`] changes all of
-//! them atomically, so after any crash the state is exactly "every entry up to `applied`".
+//! `conf_state`), `sessions` (client id → dedup watermark and last index used), `dedup`
+//! (client id ‖ sequence → result code of an applied request), `members` (node id → address)
+//! and `removed` (ids removed from the cluster, never to be reused). One [`ApplyTxn`] changes
+//! all of them atomically, so after any crash the state is exactly "every entry up to
+//! `applied`". A snapshot is this whole environment as seen by one read txn.
 //!
 //! The environment commits with `NO_META_SYNC`: each commit fsyncs the data pages and leaves the
 //! meta page to the next sync, so power loss can roll back at most the last apply batch, never
@@ -32,14 +34,29 @@ type KvDb = Database<Bytes, Bytes>;
 type MetaDb = Database<Str, Bytes>;
 type SessionsDb = Database<U64<BigEndian>, Bytes>;
 type DedupDb = Database<Bytes, Bytes>;
+type IdDb = Database<U64<BigEndian>, Bytes>;
+
+/// Names of the databases, in snapshot order; the position is the id used in snapshot records.
+pub(crate) const DB_NAMES: [&str; 6] = ["kv", "meta", "sessions", "dedup", "members", "removed"];
 
 /// The state machine environment. Cheap to share: reads open their own LMDB read txn.
 pub struct StateMachine {
-    env: Env<WithoutTls>,
+    pub(crate) env: Env<WithoutTls>,
     kv: KvDb,
     meta: MetaDb,
     sessions: SessionsDb,
     dedup: DedupDb,
+    members: IdDb,
+    removed: IdDb,
+}
+
+/// A member as recorded in the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Peer address (`host:port`).
+    pub addr: String,
 }
 
 /// What the dedup table says about a request.
@@ -54,12 +71,24 @@ pub enum Dedup {
 impl StateMachine {
     /// Opens (creating if needed) the state machine environment at `path`.
     pub fn open(path: &Path, map_size_mb: u64) -> Result<StateMachine> {
-        let env = super::open_env(path, map_size_mb, 8, EnvFlags::NO_META_SYNC)?;
+        Self::open_with(path, map_size_mb, EnvFlags::NO_META_SYNC)
+    }
+
+    /// Opens an environment to receive a snapshot into: no sync per txn (it is synced once,
+    /// complete, before it is installed).
+    pub(crate) fn open_staging(path: &Path, map_size_mb: u64) -> Result<StateMachine> {
+        Self::open_with(path, map_size_mb, EnvFlags::NO_SYNC)
+    }
+
+    fn open_with(path: &Path, map_size_mb: u64, flags: EnvFlags) -> Result<StateMachine> {
+        let env = super::open_env(path, map_size_mb, 8, flags)?;
         let mut wtxn = env.write_txn()?;
-        let kv = env.create_database(&mut wtxn, Some("kv"))?;
-        let meta = env.create_database(&mut wtxn, Some("meta"))?;
-        let sessions = env.create_database(&mut wtxn, Some("sessions"))?;
-        let dedup = env.create_database(&mut wtxn, Some("dedup"))?;
+        let kv = env.create_database(&mut wtxn, Some(DB_NAMES[0]))?;
+        let meta = env.create_database(&mut wtxn, Some(DB_NAMES[1]))?;
+        let sessions = env.create_database(&mut wtxn, Some(DB_NAMES[2]))?;
+        let dedup = env.create_database(&mut wtxn, Some(DB_NAMES[3]))?;
+        let members = env.create_database(&mut wtxn, Some(DB_NAMES[4]))?;
+        let removed = env.create_database(&mut wtxn, Some(DB_NAMES[5]))?;
         wtxn.commit()?;
         Ok(StateMachine {
             env,
@@ -67,7 +96,55 @@ impl StateMachine {
             meta,
             sessions,
             dedup,
+            members,
+            removed,
         })
+    }
+
+    /// Every database as raw bytes → bytes, indexed like [`DB_NAMES`].
+    pub(crate) fn raw_dbs(&self) -> [Database<Bytes, Bytes>; 6] {
+        [
+            self.kv,
+            self.meta.remap_key_type::<Bytes>(),
+            self.sessions.remap_key_type::<Bytes>(),
+            self.dedup,
+            self.members.remap_key_type::<Bytes>(),
+            self.removed.remap_key_type::<Bytes>(),
+        ]
+    }
+
+    /// `(applied_index, applied_term)` as seen by `rtxn`.
+    pub(crate) fn applied_at(&self, rtxn: &RoTxn<'_, WithoutTls>) -> Result<(u64, u64)> {
+        self.applied_in(rtxn)
+    }
+
+    /// The membership as seen by `rtxn`.
+    pub(crate) fn conf_state_at(&self, rtxn: &RoTxn<'_, WithoutTls>) -> Result<ConfState> {
+        match self.meta.get(rtxn, "conf_state")? {
+            None => Ok(ConfState::default()),
+            Some(b) => ConfState::parse_from_bytes(b)
+                .map_err(|e| Error::Corrupt(format!("state machine conf_state: {e}"))),
+        }
+    }
+
+    /// Known member addresses.
+    pub fn members(&self) -> Result<Vec<Member>> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for item in self.members.iter(&rtxn)? {
+            let (id, addr) = item?;
+            out.push(Member {
+                id,
+                addr: String::from_utf8_lossy(addr).into_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// True when `id` was removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> Result<bool> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.removed.get(&rtxn, &id)?.is_some())
     }
 
     /// `(applied_index, applied_term)`; `(0, 0)` for a fresh state machine.
@@ -92,11 +169,7 @@ impl StateMachine {
     /// The membership as of the applied index.
     pub fn conf_state(&self) -> Result<ConfState> {
         let rtxn = self.env.read_txn()?;
-        match self.meta.get(&rtxn, "conf_state")? {
-            None => Ok(ConfState::default()),
-            Some(b) => ConfState::parse_from_bytes(b)
-                .map_err(|e| Error::Corrupt(format!("state machine conf_state: {e}"))),
-        }
+        self.conf_state_at(&rtxn)
     }
 
     /// Reads a key (copying the value out of the map) in its own read txn.
@@ -183,6 +256,21 @@ impl ApplyTxn<'_> {
         );
         self.applied = index;
         self.applied_term = term;
+    }
+
+    /// Records the address of a member.
+    pub fn set_member(&mut self, id: u64, addr: &str) -> Result<()> {
+        self.sm.members.put(&mut self.txn, &id, addr.as_bytes())?;
+        Ok(())
+    }
+
+    /// Forgets a member's address and remembers that its id was removed.
+    pub fn remove_member(&mut self, id: u64, index: u64) -> Result<()> {
+        self.sm.members.delete(&mut self.txn, &id)?;
+        self.sm
+            .removed
+            .put(&mut self.txn, &id, &index.to_le_bytes())?;
+        Ok(())
     }
 
     /// Stores the membership as of the entry being applied.

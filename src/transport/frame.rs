@@ -9,6 +9,14 @@ pub const KIND_HELLO: u8 = 1;
 pub const KIND_HELLO_ACK: u8 = 2;
 /// One protobuf-encoded `raft::eraftpb::Message`.
 pub const KIND_RAFT: u8 = 3;
+/// Start of a snapshot stream: `id u64 | index u64 | term u64` (little-endian).
+pub const KIND_SNAP_BEGIN: u8 = 4;
+/// A chunk of snapshot records.
+pub const KIND_SNAP_CHUNK: u8 = 5;
+/// End of the records: `records u64 | bytes u64`; the Raft snapshot message follows.
+pub const KIND_SNAP_END: u8 = 6;
+/// The receiver's verdict on a snapshot stream: `status u8 | reason`.
+pub const KIND_SNAP_ACK: u8 = 7;
 
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 5;

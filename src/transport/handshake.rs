@@ -1,8 +1,10 @@
 //! The first exchange on every peer connection, checked before any Raft message is read.
 //!
-//! Dialer → acceptor, frame `HELLO`:
-//! `magic "KVR\x01" | version u16 | cluster_id u64 | from u64 | to u64 | incarnation u64`
-//! (integers little-endian). Acceptor → dialer, frame `HELLO_ACK`: `status u8 | reason utf-8`.
+//! Dialer → acceptor, frame `HELLO` (integers little-endian):
+//! `magic "KVR\x01" | version u16 | cluster_id u64 | from u64 | to u64 | incarnation u64 |
+//!  addr_len u16 | addr` — `addr` is the address the dialer listens on, so that a node can
+//! answer a peer it has not been told about (a replica that has just joined).
+//! Acceptor → dialer, frame `HELLO_ACK`: `status u8 | incarnation u64 | reason utf-8`.
 //! A refused hello is answered with its reason and the connection is closed.
 
 use crate::error::{Error, Result};
@@ -11,15 +13,19 @@ use crate::error::{Error, Result};
 pub const MAGIC: [u8; 4] = *b"KVR\x01";
 /// Wire protocol version.
 pub const PROTOCOL_VERSION: u16 = 1;
-const HELLO_BYTES: usize = 4 + 2 + 8 * 4;
+const HELLO_FIXED_BYTES: usize = 4 + 2 + 8 * 4 + 2;
+/// Longest advertised address.
+pub const ADDR_BYTES_MAX: usize = 255;
 
 /// Status byte of an accepting ack.
 pub const ACK_OK: u8 = 0;
 /// Status byte of a refusing ack.
 pub const ACK_REFUSED: u8 = 1;
+/// Status byte telling the dialer it was removed from the cluster.
+pub const ACK_REMOVED: u8 = 2;
 
 /// A decoded hello.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version of the dialer.
     pub version: u16,
@@ -31,25 +37,30 @@ pub struct Hello {
     pub to: u64,
     /// Incarnation of the dialer's log.
     pub incarnation: u64,
+    /// Address the dialer listens on (may be empty).
+    pub addr: String,
 }
 
 impl Hello {
     /// Encodes the hello payload.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(HELLO_BYTES);
+        let addr = &self.addr.as_bytes()[..self.addr.len().min(ADDR_BYTES_MAX)];
+        let mut b = Vec::with_capacity(HELLO_FIXED_BYTES + addr.len());
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&self.version.to_le_bytes());
         for w in [self.cluster_id, self.from, self.to, self.incarnation] {
             b.extend_from_slice(&w.to_le_bytes());
         }
+        b.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+        b.extend_from_slice(addr);
         b
     }
 
     /// Decodes and sanity-checks a hello payload.
     pub fn decode(b: &[u8]) -> Result<Hello> {
-        if b.len() != HELLO_BYTES {
+        if b.len() < HELLO_FIXED_BYTES {
             return Err(Error::Corrupt(format!(
-                "hello of {} bytes, expected {HELLO_BYTES}",
+                "hello of {} bytes is too short",
                 b.len()
             )));
         }
@@ -58,12 +69,22 @@ impl Hello {
         }
         let word =
             |i: usize| u64::from_le_bytes(b[6 + i * 8..14 + i * 8].try_into().expect("8 bytes"));
+        let addr_len = u16::from_le_bytes([b[38], b[39]]) as usize;
+        if addr_len > ADDR_BYTES_MAX || b.len() != HELLO_FIXED_BYTES + addr_len {
+            return Err(Error::Corrupt(
+                "hello address length is inconsistent".into(),
+            ));
+        }
+        let addr = std::str::from_utf8(&b[HELLO_FIXED_BYTES..])
+            .map_err(|_| Error::Corrupt("hello address is not UTF-8".into()))?
+            .to_string();
         Ok(Hello {
             version: u16::from_le_bytes([b[4], b[5]]),
             cluster_id: word(0),
             from: word(1),
             to: word(2),
             incarnation: word(3),
+            addr,
         })
     }
 
@@ -94,20 +115,46 @@ impl Hello {
     }
 }
 
-/// Encodes an ack.
-pub fn encode_ack(status: u8, reason: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(1 + reason.len());
-    b.push(status);
-    b.extend_from_slice(reason.as_bytes());
-    b
+/// An acceptor's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// `ACK_OK`, `ACK_REFUSED` or `ACK_REMOVED`.
+    pub status: u8,
+    /// Incarnation of the acceptor's log.
+    pub incarnation: u64,
+    /// Why the hello was refused (empty when accepted).
+    pub reason: String,
 }
 
-/// Decodes an ack into `Ok(())` or the refusal reason.
-pub fn decode_ack(b: &[u8]) -> Result<()> {
-    match b.split_first() {
-        Some((&ACK_OK, _)) => Ok(()),
-        Some((_, reason)) => Err(Error::Refused(String::from_utf8_lossy(reason).into_owned())),
-        None => Err(Error::Corrupt("empty hello ack".into())),
+impl Ack {
+    /// Encodes an ack.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(9 + self.reason.len());
+        b.push(self.status);
+        b.extend_from_slice(&self.incarnation.to_le_bytes());
+        b.extend_from_slice(self.reason.as_bytes());
+        b
+    }
+
+    /// Decodes an ack.
+    pub fn decode(b: &[u8]) -> Result<Ack> {
+        if b.len() < 9 {
+            return Err(Error::Corrupt("hello ack too short".into()));
+        }
+        Ok(Ack {
+            status: b[0],
+            incarnation: u64::from_le_bytes(b[1..9].try_into().expect("8 bytes")),
+            reason: String::from_utf8_lossy(&b[9..]).into_owned(),
+        })
+    }
+
+    /// The ack as a result: `Ok(incarnation)` when accepted.
+    pub fn into_result(self) -> Result<u64> {
+        match self.status {
+            ACK_OK => Ok(self.incarnation),
+            ACK_REMOVED => Err(Error::Removed),
+            _ => Err(Error::Refused(self.reason)),
+        }
     }
 }
 
@@ -123,6 +170,7 @@ mod tests {
             from: 2,
             to: 1,
             incarnation: 77,
+            addr: "127.0.0.1:7002".into(),
         };
         let d = Hello::decode(&h.encode()).unwrap();
         assert_eq!(d, h);
@@ -133,11 +181,40 @@ mod tests {
         let mut bad = h.encode();
         bad[0] = b'X';
         assert!(Hello::decode(&bad).is_err());
-        assert!(Hello::decode(&bad[..10]).is_err());
-        assert!(decode_ack(&encode_ack(ACK_OK, "")).is_ok());
+        let good = h.encode();
+        for cut in 0..good.len() {
+            assert!(Hello::decode(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut long = good.clone();
+        long.push(b'x');
+        assert!(Hello::decode(&long).is_err());
+    }
+
+    #[test]
+    fn ack_round_trip() {
+        let a = Ack {
+            status: ACK_OK,
+            incarnation: 5,
+            reason: String::new(),
+        };
+        assert_eq!(Ack::decode(&a.encode()).unwrap().into_result().unwrap(), 5);
+        let r = Ack {
+            status: ACK_REFUSED,
+            incarnation: 0,
+            reason: "no".into(),
+        };
         assert!(
-            matches!(decode_ack(&encode_ack(ACK_REFUSED, "no")), Err(Error::Refused(r)) if r == "no")
+            matches!(Ack::decode(&r.encode()).unwrap().into_result(), Err(Error::Refused(m)) if m == "no")
         );
-        assert!(decode_ack(&[]).is_err());
+        let r = Ack {
+            status: ACK_REMOVED,
+            incarnation: 0,
+            reason: String::new(),
+        };
+        assert_eq!(
+            Ack::decode(&r.encode()).unwrap().into_result(),
+            Err(Error::Removed)
+        );
+        assert!(Ack::decode(&[0, 1]).is_err());
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::Message;
 
-use super::frame::{self, KIND_HELLO, KIND_HELLO_ACK, KIND_RAFT};
-use super::handshake::{self, Hello, ACK_OK, ACK_REFUSED};
-use super::{Deliver, TransportConfig, TransportStats};
+use super::frame::{self, KIND_HELLO, KIND_HELLO_ACK, KIND_RAFT, KIND_SNAP_BEGIN};
+use super::handshake::{Ack, Hello, ACK_OK, ACK_REFUSED, ACK_REMOVED};
+use super::{Host, TransportConfig, TransportStats};
 use crate::error::{Error, Result};
 
 /// Time a new connection has to present its hello.
@@ -38,7 +38,7 @@ impl Listener {
     pub fn bind(
         addr: &str,
         cfg: Arc<TransportConfig>,
-        deliver: Deliver,
+        host: Arc<dyn Host>,
         stats: Arc<TransportStats>,
     ) -> Result<Listener> {
         let listener = TcpListener::bind(addr)
@@ -50,7 +50,7 @@ impl Listener {
         let acceptor = Acceptor {
             listener,
             cfg: cfg.clone(),
-            deliver,
+            host,
             stats,
             stop: stop.clone(),
             conns: conns.clone(),
@@ -121,7 +121,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Acceptor {
     listener: TcpListener,
     cfg: Arc<TransportConfig>,
-    deliver: Deliver,
+    host: Arc<dyn Host>,
     stats: Arc<TransportStats>,
     stop: Arc<AtomicBool>,
     conns: Conns,
@@ -156,7 +156,7 @@ impl Acceptor {
             }
             let reader = Reader {
                 cfg: self.cfg.clone(),
-                deliver: self.deliver.clone(),
+                host: self.host.clone(),
                 stats: self.stats.clone(),
                 conns: self.conns.clone(),
                 conn_id: id,
@@ -176,7 +176,7 @@ impl Acceptor {
 
 struct Reader {
     cfg: Arc<TransportConfig>,
-    deliver: Deliver,
+    host: Arc<dyn Host>,
     stats: Arc<TransportStats>,
     conns: Conns,
     conn_id: u64,
@@ -206,37 +206,25 @@ impl Reader {
         stream.set_read_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)))?;
         stream.set_write_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)))?;
         let mut buf = Vec::new();
-        let kind = frame::read_frame(stream, 4096, &mut buf)?;
-        if kind != KIND_HELLO {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Refused(format!(
-                "first frame is kind {kind}, not a hello"
-            )));
-        }
-        let hello = Hello::decode(&buf)
-            .and_then(|h| h.check(self.cfg.cluster_id, self.cfg.node_id).map(|_| h));
-        let hello = match hello {
-            Ok(h) => h,
-            Err(e) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                let mut out = Vec::new();
-                frame::put_frame(
-                    &mut out,
-                    KIND_HELLO_ACK,
-                    &handshake::encode_ack(ACK_REFUSED, &e.to_string()),
-                );
-                let _ = stream.write_all(&out);
-                return Err(e);
-            }
-        };
-        let mut out = Vec::new();
-        frame::put_frame(&mut out, KIND_HELLO_ACK, &handshake::encode_ack(ACK_OK, ""));
-        stream.write_all(&out)?;
+        let hello = self.handshake(stream, &mut buf)?;
         stream.set_read_timeout(Some(Duration::from_millis(READ_IDLE_TIMEOUT_MS)))?;
         loop {
-            let kind = frame::read_frame(stream, self.cfg.frame_bytes_max, &mut buf)?;
-            if kind != KIND_RAFT {
-                return Err(Error::Corrupt(format!("unexpected frame kind {kind}")));
+            match frame::read_frame(stream, self.cfg.frame_bytes_max, &mut buf)? {
+                KIND_RAFT => {}
+                KIND_SNAP_BEGIN => {
+                    let begin = std::mem::take(&mut buf);
+                    let host = self.host.as_ref();
+                    return super::snapshot::receive(
+                        &self.cfg,
+                        host,
+                        &self.stats,
+                        stream,
+                        hello.from,
+                        &begin,
+                        &mut buf,
+                    );
+                }
+                kind => return Err(Error::Corrupt(format!("unexpected frame kind {kind}"))),
             }
             let msg = Message::parse_from_bytes(&buf)
                 .map_err(|e| Error::Corrupt(format!("undecodable raft message: {e}")))?;
@@ -247,10 +235,52 @@ impl Reader {
                 )));
             }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            if !(self.deliver)(msg) {
+            if !self.host.deliver(msg) {
                 return Ok(());
             }
         }
+    }
+
+    /// Reads and judges the hello, answers it; returns it when accepted.
+    fn handshake(&self, stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Hello> {
+        let kind = frame::read_frame(stream, 4096, buf)?;
+        let verdict = if kind != KIND_HELLO {
+            Err(Error::Refused(format!(
+                "first frame is kind {kind}, not a hello"
+            )))
+        } else {
+            Hello::decode(buf).and_then(|h| {
+                h.check(self.cfg.cluster_id, self.cfg.node_id)?;
+                self.host.check_peer(h.from, h.incarnation, &h.addr)?;
+                Ok(h)
+            })
+        };
+        let ack = match &verdict {
+            Ok(_) => Ack {
+                status: ACK_OK,
+                incarnation: self.cfg.incarnation,
+                reason: String::new(),
+            },
+            Err(e) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let status = if *e == Error::Removed {
+                    ACK_REMOVED
+                } else {
+                    ACK_REFUSED
+                };
+                Ack {
+                    status,
+                    incarnation: self.cfg.incarnation,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let mut out = Vec::new();
+        frame::put_frame(&mut out, KIND_HELLO_ACK, &ack.encode());
+        let written = stream.write_all(&out);
+        let hello = verdict?;
+        written?;
+        Ok(hello)
     }
 }
 

@@ -6,27 +6,55 @@
 //!   never blocks on a peer: when a queue is full the message is dropped and Raft retransmits.
 //!   The writer coalesces whatever is queued into one `write`, and reconnects with capped
 //!   exponential backoff.
+//! - Snapshots travel on a connection of their own ([`snapshot`]), so that heartbeats and
+//!   appends keep flowing while a large state is streamed.
 //!
-//! Each direction between two nodes uses its own connection, dialed by the sender.
+//! Each direction between two nodes uses its own connection, dialed by the sender. What the
+//! transport needs from the replica (delivering messages, staging snapshots, judging a peer's
+//! identity) goes through the [`Host`] trait.
 
 pub mod frame;
 pub mod handshake;
 pub mod listener;
 pub mod peer;
+pub mod snapshot;
 
 use std::collections::HashMap;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, Snapshot};
+
+use crate::error::{Error, Result};
+use crate::storage::snapshot::{Outgoing, Stage, Staged};
+use frame::{KIND_HELLO, KIND_HELLO_ACK};
+use handshake::{Ack, Hello, PROTOCOL_VERSION};
 
 /// Messages a peer queue holds before further ones are dropped.
 pub const PEER_QUEUE_LEN: usize = 4096;
 
-/// Hands a received message to the raft thread; returns false once nobody listens any more.
-pub type Deliver = Arc<dyn Fn(Message) -> bool + Send + Sync>;
-/// Tells the raft thread that a peer could not be reached.
-pub type OnUnreachable = Arc<dyn Fn(u64) + Send + Sync>;
+/// What the transport needs from the replica that hosts it. Called from transport threads.
+pub trait Host: Send + Sync + 'static {
+    /// Hands a received message to the raft thread; false once nobody listens any more.
+    fn deliver(&self, msg: Message) -> bool;
+    /// Hands a received snapshot message, whose state is staged on disk, to the raft thread.
+    fn deliver_snapshot(&self, msg: Message, staged: Staged) -> bool;
+    /// Prepares to receive a snapshot at `(index, term)` from `from`.
+    fn stage_snapshot(&self, from: u64, index: u64, term: u64) -> Result<Stage>;
+    /// The outgoing snapshot a Raft snapshot message refers to.
+    fn outgoing_snapshot(&self, snap: &Snapshot) -> Option<Outgoing>;
+    /// Reports how sending a snapshot to `to` ended.
+    fn snapshot_sent(&self, to: u64, ok: bool);
+    /// Tells the raft thread that `peer` could not be reached.
+    fn unreachable(&self, peer: u64);
+    /// Judges the identity a peer presented in a handshake (either direction). An error
+    /// refuses the connection: `Error::Removed` for removed nodes, `Error::Refused` otherwise.
+    fn check_peer(&self, peer: u64, incarnation: u64, addr: &str) -> Result<()>;
+    /// A peer refused this node (it was removed, or its identity does not match).
+    fn refused(&self, by: u64, e: &Error);
+}
 
 /// Identity and limits shared by every transport thread of a replica.
 #[derive(Debug, Clone)]
@@ -37,6 +65,8 @@ pub struct TransportConfig {
     pub cluster_id: u64,
     /// Incarnation of this node's log, sent in handshakes.
     pub incarnation: u64,
+    /// Address this node listens on, advertised in handshakes.
+    pub advertise: String,
     /// Largest frame accepted.
     pub frame_bytes_max: usize,
 }
@@ -52,34 +82,36 @@ pub struct TransportStats {
     pub received: AtomicU64,
     /// Connections refused during the handshake (either side).
     pub refused: AtomicU64,
+    /// Snapshots sent completely.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshots received completely.
+    pub snapshots_received: AtomicU64,
+    /// Snapshot bytes sent (keys and values).
+    pub snapshot_bytes_sent: AtomicU64,
 }
 
 /// The sending half, owned by the raft thread.
 pub struct Transport {
     cfg: Arc<TransportConfig>,
     peers: HashMap<u64, peer::PeerWriter>,
-    on_unreachable: OnUnreachable,
+    host: Arc<dyn Host>,
     stats: Arc<TransportStats>,
 }
 
 impl Transport {
     /// A transport with no peers yet.
-    pub fn new(
-        cfg: Arc<TransportConfig>,
-        on_unreachable: OnUnreachable,
-        stats: Arc<TransportStats>,
-    ) -> Self {
+    pub fn new(cfg: Arc<TransportConfig>, host: Arc<dyn Host>, stats: Arc<TransportStats>) -> Self {
         Transport {
             cfg,
             peers: HashMap::new(),
-            on_unreachable,
+            host,
             stats,
         }
     }
 
     /// Adds a peer, or updates its address.
     pub fn set_peer(&mut self, id: u64, addr: &str) {
-        if id == self.cfg.node_id {
+        if id == self.cfg.node_id || addr.is_empty() {
             return;
         }
         match self.peers.get(&id) {
@@ -89,7 +121,7 @@ impl Transport {
                     id,
                     addr.to_string(),
                     self.cfg.clone(),
-                    self.on_unreachable.clone(),
+                    self.host.clone(),
                     self.stats.clone(),
                 );
                 self.peers.insert(id, w);
@@ -104,33 +136,38 @@ impl Transport {
         }
     }
 
+    /// True when the transport has an address for `id`.
+    pub fn has_peer(&self, id: u64) -> bool {
+        self.peers.contains_key(&id)
+    }
+
     /// Address of a known peer.
     pub fn peer_addr(&self, id: u64) -> Option<String> {
         self.peers.get(&id).map(|p| p.addr())
     }
 
-    /// Ids of known peers.
-    pub fn peer_ids(&self) -> Vec<u64> {
-        self.peers.keys().copied().collect()
-    }
-
     /// Queues messages to their peers without blocking.
     pub fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            match self.peers.get(&m.to) {
-                Some(p) => {
-                    if !p.try_send(m) {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+            let queued = match self.peers.get(&to) {
+                Some(p) => p.try_send(m),
                 None => {
                     log::debug!(
-                        "node {}: no address for node {}, dropping {:?}",
-                        self.cfg.node_id,
-                        m.to,
-                        m.msg_type
+                        "node {}: no address for node {to}, dropping a message",
+                        self.cfg.node_id
                     );
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    if is_snapshot {
+                        self.host.outgoing_snapshot(m.get_snapshot());
+                    }
+                    false
+                }
+            };
+            if !queued {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if is_snapshot {
+                    self.host.snapshot_sent(to, false);
                 }
             }
         }
@@ -148,4 +185,51 @@ impl Drop for Transport {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Dials `peer` at `addr` and completes the handshake; returns the connected stream.
+pub(crate) fn dial(
+    cfg: &TransportConfig,
+    host: &dyn Host,
+    peer: u64,
+    addr: &str,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    use std::io::Write;
+    let sock = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Io(format!("{addr} resolves to no address")))?;
+    let mut s = TcpStream::connect_timeout(&sock, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_read_timeout(Some(timeout))?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        cluster_id: cfg.cluster_id,
+        from: cfg.node_id,
+        to: peer,
+        incarnation: cfg.incarnation,
+        addr: cfg.advertise.clone(),
+    };
+    let mut out = Vec::new();
+    frame::put_frame(&mut out, KIND_HELLO, &hello.encode());
+    s.write_all(&out)?;
+    let mut buf = Vec::new();
+    let kind = frame::read_frame(&mut s, 4096, &mut buf)?;
+    if kind != KIND_HELLO_ACK {
+        return Err(Error::Corrupt(format!(
+            "expected hello ack, got frame kind {kind}"
+        )));
+    }
+    let result = Ack::decode(&buf)?.into_result();
+    let incarnation = match result {
+        Ok(i) => i,
+        Err(e) => {
+            host.refused(peer, &e);
+            return Err(e);
+        }
+    };
+    host.check_peer(peer, incarnation, addr)?;
+    Ok(s)
 }

@@ -1,20 +1,20 @@
 //! One writer thread per peer: bounded queue in, coalesced frames out, reconnect with backoff.
+//! Snapshot messages are handed to a snapshot thread with a connection of its own.
 
 use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::Ordering;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 use protobuf::Message as PbMessage;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 
-use super::frame::{self, KIND_HELLO, KIND_HELLO_ACK, KIND_RAFT};
-use super::handshake::{self, Hello, PROTOCOL_VERSION};
-use super::{OnUnreachable, TransportConfig, TransportStats, PEER_QUEUE_LEN};
-use crate::error::{Error, Result};
+use super::frame::{self, KIND_RAFT};
+use super::{Host, TransportConfig, TransportStats, PEER_QUEUE_LEN};
+use crate::error::Error;
 
 /// Most bytes coalesced into one socket write.
 const WRITE_BATCH_BYTES_MAX: usize = 4 << 20;
@@ -24,10 +24,8 @@ const WRITE_BATCH_MSGS_MAX: usize = 1024;
 const BACKOFF_MIN_MS: u64 = 20;
 /// Longest reconnect delay.
 const BACKOFF_MAX_MS: u64 = 1000;
-/// Time allowed for connect and handshake.
-const CONNECT_TIMEOUT_MS: u64 = 1000;
-/// A write blocked this long (peer stopped reading) drops the connection.
-const WRITE_TIMEOUT_MS: u64 = 2000;
+/// Time allowed for connect and handshake, and for a blocked write (peer stopped reading).
+const IO_TIMEOUT: Duration = Duration::from_millis(2000);
 
 enum Cmd {
     Msg(Message),
@@ -38,6 +36,7 @@ enum Cmd {
 pub struct PeerWriter {
     tx: Sender<Cmd>,
     addr: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -47,23 +46,26 @@ impl PeerWriter {
         id: u64,
         addr: String,
         cfg: Arc<TransportConfig>,
-        on_unreachable: OnUnreachable,
+        host: Arc<dyn Host>,
         stats: Arc<TransportStats>,
     ) -> PeerWriter {
         let (tx, rx) = channel::bounded(PEER_QUEUE_LEN);
         let addr = Arc::new(Mutex::new(addr));
+        let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             peer: id,
             addr: addr.clone(),
             cfg: cfg.clone(),
             rx,
-            on_unreachable,
+            host,
             stats,
+            stop: stop.clone(),
             conn: None,
             backoff_ms: BACKOFF_MIN_MS,
             retry_at: Instant::now(),
             last_error: String::new(),
             buf: Vec::new(),
+            snapshot: None,
         };
         let handle = thread::Builder::new()
             .name(format!("kvr-peer-{}-{}", cfg.node_id, id))
@@ -72,6 +74,7 @@ impl PeerWriter {
         PeerWriter {
             tx,
             addr,
+            stop,
             handle: Some(handle),
         }
     }
@@ -86,7 +89,7 @@ impl PeerWriter {
 
     /// Changes the address used from the next connection on.
     pub fn set_addr(&self, addr: &str) {
-        let mut a = self.addr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut a = lock(&self.addr);
         if *a != addr {
             *a = addr.to_string();
         }
@@ -94,20 +97,18 @@ impl PeerWriter {
 
     /// Current address.
     pub fn addr(&self) -> String {
-        self.addr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.addr).clone()
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the thread (and any snapshot it is sending) and waits for it.
     pub fn stop(mut self) {
         self.stop_inner();
     }
 
     fn stop_inner(&mut self) {
-        // The queue may be full; a blocking send of Stop would then wait for the writer to
-        // drain it, which it does within WRITE_TIMEOUT_MS at worst.
-        let _ = self
-            .tx
-            .send_timeout(Cmd::Stop, Duration::from_millis(WRITE_TIMEOUT_MS * 2));
+        self.stop.store(true, Ordering::SeqCst);
+        // The queue may be full; the writer drains it within one write timeout at worst.
+        let _ = self.tx.send_timeout(Cmd::Stop, IO_TIMEOUT * 2);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -120,18 +121,24 @@ impl Drop for PeerWriter {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Worker {
     peer: u64,
     addr: Arc<Mutex<String>>,
     cfg: Arc<TransportConfig>,
     rx: Receiver<Cmd>,
-    on_unreachable: OnUnreachable,
+    host: Arc<dyn Host>,
     stats: Arc<TransportStats>,
+    stop: Arc<AtomicBool>,
     conn: Option<TcpStream>,
     backoff_ms: u64,
     retry_at: Instant,
     last_error: String,
     buf: Vec<u8>,
+    snapshot: Option<JoinHandle<()>>,
 }
 
 impl Worker {
@@ -139,9 +146,8 @@ impl Worker {
         loop {
             let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(Cmd::Msg(m)) => m,
-                Ok(Cmd::Stop) => return,
+                Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
             let mut stop = false;
@@ -155,10 +161,24 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.deliver(batch);
-            if stop {
-                return;
+            batch.retain_mut(|m| {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    self.start_snapshot(std::mem::take(m));
+                    false
+                } else {
+                    true
+                }
+            });
+            if !batch.is_empty() {
+                self.deliver(batch);
             }
+            if stop {
+                break;
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.snapshot.take() {
+            let _ = h.join();
         }
     }
 
@@ -200,14 +220,72 @@ impl Worker {
         }
     }
 
+    /// Sends a snapshot on a thread and connection of its own; one at a time per peer.
+    fn start_snapshot(&mut self, msg: Message) {
+        let busy = self.snapshot.as_ref().is_some_and(|h| !h.is_finished());
+        let Some(out) = self.host.outgoing_snapshot(msg.get_snapshot()) else {
+            self.host.snapshot_sent(self.peer, false);
+            return;
+        };
+        if busy {
+            drop(out);
+            self.host.snapshot_sent(self.peer, false);
+            return;
+        }
+        if let Some(h) = self.snapshot.take() {
+            let _ = h.join();
+        }
+        let (cfg, host, stats, stop) = (
+            self.cfg.clone(),
+            self.host.clone(),
+            self.stats.clone(),
+            self.stop.clone(),
+        );
+        let peer = self.peer;
+        let addr = lock(&self.addr).clone();
+        let spawned = thread::Builder::new()
+            .name(format!("kvr-snap-{}-{peer}", cfg.node_id))
+            .spawn(move || {
+                let link = super::snapshot::Link {
+                    cfg: &cfg,
+                    host: host.as_ref(),
+                    stats: &stats,
+                };
+                let r = super::snapshot::send(&link, peer, &addr, &msg, &out, &stop);
+                drop(out);
+                if let Err(e) = &r {
+                    log::warn!("node {}: snapshot to node {peer} failed: {e}", cfg.node_id);
+                }
+                host.snapshot_sent(peer, r.is_ok());
+            });
+        match spawned {
+            Ok(h) => self.snapshot = Some(h),
+            Err(e) => {
+                log::error!(
+                    "node {}: cannot spawn snapshot thread: {e}",
+                    self.cfg.node_id
+                );
+                self.host.snapshot_sent(self.peer, false);
+            }
+        }
+    }
+
     /// Connects and handshakes, unless still backing off. True when connected.
     fn connect(&mut self) -> bool {
         if Instant::now() < self.retry_at {
             return false;
         }
-        let addr = self.addr.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match self.dial(&addr) {
+        let addr = lock(&self.addr).clone();
+        match super::dial(&self.cfg, self.host.as_ref(), self.peer, &addr, IO_TIMEOUT) {
             Ok(s) => {
+                // Nothing is read after the handshake; a dead peer shows up as a failed write.
+                if let Err(e) = s.set_read_timeout(None) {
+                    self.fail(format!(
+                        "cannot configure connection to node {}: {e}",
+                        self.peer
+                    ));
+                    return false;
+                }
                 if !self.last_error.is_empty() {
                     log::info!(
                         "node {}: connected to node {} at {addr}",
@@ -221,7 +299,7 @@ impl Worker {
                 true
             }
             Err(e) => {
-                if matches!(e, Error::Refused(_)) {
+                if matches!(e, Error::Refused(_) | Error::Removed) {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 }
                 self.fail(format!("cannot reach node {} at {addr}: {e}", self.peer));
@@ -238,39 +316,6 @@ impl Worker {
         self.conn = None;
         self.retry_at = Instant::now() + Duration::from_millis(self.backoff_ms);
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
-        (self.on_unreachable)(self.peer);
-    }
-
-    fn dial(&self, addr: &str) -> Result<TcpStream> {
-        let sock = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| Error::Io(format!("{addr} resolves to no address")))?;
-        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
-        let mut s = TcpStream::connect_timeout(&sock, timeout)?;
-        s.set_nodelay(true)?;
-        s.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
-        s.set_read_timeout(Some(timeout))?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            cluster_id: self.cfg.cluster_id,
-            from: self.cfg.node_id,
-            to: self.peer,
-            incarnation: self.cfg.incarnation,
-        };
-        let mut out = Vec::new();
-        frame::put_frame(&mut out, KIND_HELLO, &hello.encode());
-        s.write_all(&out)?;
-        let mut buf = Vec::new();
-        let kind = frame::read_frame(&mut s, 4096, &mut buf)?;
-        if kind != KIND_HELLO_ACK {
-            return Err(Error::Corrupt(format!(
-                "expected hello ack, got frame kind {kind}"
-            )));
-        }
-        handshake::decode_ack(&buf)?;
-        // Nothing is read after the ack; a dead peer shows up as a failed write.
-        s.set_read_timeout(None)?;
-        Ok(s)
+        self.host.unreachable(self.peer);
     }
 }
