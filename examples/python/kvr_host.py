@@ -130,7 +130,7 @@ def main(argv: List[str]) -> int:
         print(f"kvr_host.py: {e}", file=sys.stderr)
         return 2
     try:
-        replica = kvr.open(**options)  # type: ignore[arg-type]
+        replica = kvr.open(**options)
     except kvr.Error as e:
         print(f"kvr_host.py: cannot open replica: {e.message} ({kvr.result_str(e.code)})", file=sys.stderr)
         return 1

@@ -216,7 +216,7 @@ def delete(handle: int, key: Optional[bytes]) -> None:
 def status(handle: int) -> Dict[str, Any]:
     info = StatusInfo()
     lib.kvr_status(handle, ctypes.byref(info))
-    out: Dict[str, Any] = {name: getattr(info, name) for name, _ in StatusInfo._fields_}
+    out: Dict[str, Any] = {f[0]: getattr(info, f[0]) for f in StatusInfo._fields_}
     out["role"] = ROLE_NAMES.get(info.role, f"unknown({info.role})")
     return out
 

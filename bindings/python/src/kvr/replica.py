@@ -107,7 +107,18 @@ class Replica:
 
     def status(self) -> Status:
         """This replica's view of the cluster; never blocks."""
-        return Status(**_ffi.status(self._h()))  # type: ignore[typeddict-item]
+        s = _ffi.status(self._h())
+        return Status(
+            node_id=s["node_id"],
+            leader_id=s["leader_id"],
+            term=s["term"],
+            commit_index=s["commit_index"],
+            applied_index=s["applied_index"],
+            last_index=s["last_index"],
+            applied_index_at_open=s["applied_index_at_open"],
+            entries_applied=s["entries_applied"],
+            role=s["role"],
+        )
 
     def close(self) -> None:
         """Stops the replica and releases its directory. Calling it again does nothing."""
