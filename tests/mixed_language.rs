@@ -95,12 +95,12 @@ fn python_host_argv() -> Vec<String> {
     let probe = Command::new(&python)
         .args([
             "-c",
-            "import ctypes, sys; assert sys.version_info >= (3, 8)",
+            "import ctypes, sys; assert sys.version_info >= (3, 9)",
         ])
         .output();
     assert!(
         matches!(&probe, Ok(o) if o.status.success()),
-        "the mixed-language test needs Python 3.8 or newer as `{python}` (or set PYTHON)"
+        "the mixed-language test needs Python 3.9 or newer as `{python}` (or set PYTHON)"
     );
     vec![
         "env".into(),
