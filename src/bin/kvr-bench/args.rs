@@ -50,7 +50,11 @@ pub struct Options {
 impl Options {
     fn defaults(smoke: bool) -> Options {
         Options {
-            concurrency: if smoke { vec![1, 8] } else { vec![1, 8, 64, 256] },
+            concurrency: if smoke {
+                vec![1, 8]
+            } else {
+                vec![1, 8, 64, 256]
+            },
             duration_s: if smoke { 1.0 } else { 10.0 },
             warmup_s: if smoke { 0.5 } else { 3.0 },
             key_bytes: 16,
@@ -128,7 +132,9 @@ fn number(flag: &str, v: &str, min: usize, max: usize) -> Result<usize, String> 
 fn seconds(flag: &str, v: &str) -> Result<f64, String> {
     match v.trim().parse::<f64>() {
         Ok(s) if (0.0..=SECONDS_MAX).contains(&s) => Ok(s),
-        _ => Err(format!("{flag}: {v:?} is not a number of seconds in [0, {SECONDS_MAX}]")),
+        _ => Err(format!(
+            "{flag}: {v:?} is not a number of seconds in [0, {SECONDS_MAX}]"
+        )),
     }
 }
 
@@ -139,7 +145,10 @@ fn peer_list(v: &str) -> Result<Vec<String>, String> {
     v.split(',')
         .map(|p| match peers::KNOWN.contains(&p) {
             true => Ok(p.to_string()),
-            false => Err(format!("--peers: unknown peer {p:?} (known: {})", peers::KNOWN.join(", "))),
+            false => Err(format!(
+                "--peers: unknown peer {p:?} (known: {})",
+                peers::KNOWN.join(", ")
+            )),
         })
         .collect()
 }
@@ -174,7 +183,9 @@ mod tests {
         let o = parse(&args("--smoke --out x")).unwrap().unwrap();
         assert_eq!(o.concurrency, vec![1, 8]);
         assert!(o.peers.is_empty());
-        let o = parse(&args("--concurrency 2 --smoke --peers etcd")).unwrap().unwrap();
+        let o = parse(&args("--concurrency 2 --smoke --peers etcd"))
+            .unwrap()
+            .unwrap();
         assert_eq!(o.concurrency, vec![2]);
         assert_eq!(o.peers, vec!["etcd".to_string()]);
         let o = parse(&[]).unwrap().unwrap();

@@ -110,7 +110,9 @@ impl Cluster {
 
     /// The in-process replica.
     pub fn store(&self) -> &Store {
-        self.store.as_ref().expect("the store is taken only by stop")
+        self.store
+            .as_ref()
+            .expect("the store is taken only by stop")
     }
 
     fn wait_for_leader(&mut self) -> Result<u64, String> {

@@ -60,7 +60,8 @@ pub fn measure(dir: &Path, iterations: usize) -> Result<FsyncStats, String> {
     drop(f);
     let _ = fs::remove_file(&path);
     samples.sort_by(f64::total_cmp);
-    let q = |q: f64| samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    let q =
+        |q: f64| samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
     Ok(FsyncStats {
         iterations,
         p50_us: round1(q(0.50)),

@@ -94,7 +94,19 @@ mod tests {
     #[test]
     fn buckets_cover_u64_and_stay_within_one_percent() {
         assert_eq!(index(u64::MAX), BUCKETS - 1);
-        for v in [0, 1, 127, 128, 129, 255, 256, 1000, 12_345, 987_654_321, 1 << 40] {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            129,
+            255,
+            256,
+            1000,
+            12_345,
+            987_654_321,
+            1 << 40,
+        ] {
             let m = midpoint(index(v));
             assert!((m - v as f64).abs() <= v as f64 * 0.008 + 0.5, "{v} -> {m}");
         }

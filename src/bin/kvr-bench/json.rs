@@ -253,7 +253,10 @@ impl Parser<'_> {
             b'b' => '\u{8}',
             b'f' => '\u{c}',
             b'u' => {
-                let hex = self.s.get(self.i..self.i + 4).ok_or_else(|| self.error("bad \\u"))?;
+                let hex = self
+                    .s
+                    .get(self.i..self.i + 4)
+                    .ok_or_else(|| self.error("bad \\u"))?;
                 self.i += 4;
                 let code = std::str::from_utf8(hex)
                     .ok()
@@ -308,7 +311,11 @@ impl Parser<'_> {
                 }
             }
         }
-        Ok(if object { Json::Obj(pairs) } else { Json::Arr(items) })
+        Ok(if object {
+            Json::Obj(pairs)
+        } else {
+            Json::Arr(items)
+        })
     }
 
     fn word(&mut self) -> Result<Json, String> {
@@ -316,7 +323,8 @@ impl Parser<'_> {
         while self.i < self.s.len() && !b",}] \t\r\n".contains(&self.s[self.i]) {
             self.i += 1;
         }
-        let word = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.error("not UTF-8"))?;
+        let word =
+            std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.error("not UTF-8"))?;
         match word {
             "true" => Ok(Json::Bool(true)),
             "false" => Ok(Json::Bool(false)),
@@ -357,7 +365,10 @@ mod tests {
         let text = v.pretty();
         let back = parse(&text).unwrap();
         let nested = parse(&obj([("a", vec![obj([("b", 1u64.into())])].into())]).pretty()).unwrap();
-        assert_eq!(nested.get("a"), Some(&Json::Arr(vec![obj([("b", 1u64.into())])])));
+        assert_eq!(
+            nested.get("a"),
+            Some(&Json::Arr(vec![obj([("b", 1u64.into())])]))
+        );
         assert!(parse("[1, 2").is_err());
         assert_eq!(back.get("s"), Some(&Json::Str("a\"b\n\u{1}".into())));
         assert_eq!(back.num("n"), Some(1.5));

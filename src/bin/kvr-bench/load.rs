@@ -33,7 +33,11 @@ impl Workload {
         for i in 0..keyspace {
             keys.extend_from_slice(format!("{i:0key_bytes$}").as_bytes());
         }
-        assert_eq!(keys.len(), key_bytes * keyspace, "keys wider than key_bytes");
+        assert_eq!(
+            keys.len(),
+            key_bytes * keyspace,
+            "keys wider than key_bytes"
+        );
         let mut rng = Rng::seeded(0);
         let block = (0..value_bytes + VALUE_BLOCK_EXTRA_BYTES)
             .map(|_| rng.next() as u8)
@@ -180,7 +184,14 @@ pub fn run(
     Ok(summarize(results, win.duration))
 }
 
-fn worker(store: &Store, op: Op, work: &Workload, w: u64, from: Instant, end: Instant) -> WorkerResult {
+fn worker(
+    store: &Store,
+    op: Op,
+    work: &Workload,
+    w: u64,
+    from: Instant,
+    end: Instant,
+) -> WorkerResult {
     let mut rng = Rng::seeded(w + 1);
     let mut out = WorkerResult::default();
     loop {

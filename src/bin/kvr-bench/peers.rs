@@ -45,7 +45,13 @@ pub struct PeerRun {
 }
 
 /// Installs the peers into `bin_dir`, then runs each of `systems` at each concurrency.
-pub fn run_all(systems: &[String], conc: &[usize], load: &Load, bin_dir: &Path, dir: &Path) -> Vec<PeerRun> {
+pub fn run_all(
+    systems: &[String],
+    conc: &[usize],
+    load: &Load,
+    bin_dir: &Path,
+    dir: &Path,
+) -> Vec<PeerRun> {
     let installed = install(bin_dir, &dir.join("peers-install.log"));
     let mut runs = Vec::new();
     for system in systems {
@@ -65,7 +71,10 @@ pub fn run_all(systems: &[String], conc: &[usize], load: &Load, bin_dir: &Path, 
                 }
                 Err(e) => eprintln!("kvr-bench: {system} c={c} failed: {e}"),
             }
-            points.push(PeerPoint { concurrency: c, result });
+            points.push(PeerPoint {
+                concurrency: c,
+                result,
+            });
         }
         runs.push(PeerRun {
             system: system.clone(),
@@ -82,13 +91,24 @@ fn src_dir() -> PathBuf {
 fn install(bin_dir: &Path, log: &Path) -> Result<(), String> {
     let script = src_dir().join("install.sh");
     if !script.exists() {
-        return Err(format!("{} not found (run from a kvr checkout)", script.display()));
+        return Err(format!(
+            "{} not found (run from a kvr checkout)",
+            script.display()
+        ));
     }
-    eprintln!("kvr-bench: installing peers into {} (log: {})", bin_dir.display(), log.display());
+    eprintln!(
+        "kvr-bench: installing peers into {} (log: {})",
+        bin_dir.display(),
+        log.display()
+    );
     let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| format!("dup log: {e}"))?;
     let mut cmd = Command::new("sh");
-    cmd.arg(&script).arg(bin_dir).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.arg(&script)
+        .arg(bin_dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     let mut proc = child::die_with_parent(&mut cmd)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -102,7 +122,13 @@ fn install(bin_dir: &Path, log: &Path) -> Result<(), String> {
     }
 }
 
-fn run_one(system: &str, c: usize, load: &Load, bin_dir: &Path, dir: &Path) -> Result<(Stats, Option<Stats>), String> {
+fn run_one(
+    system: &str,
+    c: usize,
+    load: &Load,
+    bin_dir: &Path,
+    dir: &Path,
+) -> Result<(Stats, Option<Stats>), String> {
     let run_dir = dir.join(format!("{system}-c{c}"));
     let (out_path, log_path) = (run_dir.with_extension("out"), run_dir.with_extension("log"));
     fs::create_dir_all(&run_dir).map_err(|e| format!("create {}: {e}", run_dir.display()))?;
@@ -121,14 +147,21 @@ fn run_one(system: &str, c: usize, load: &Load, bin_dir: &Path, dir: &Path) -> R
     ] {
         cmd.arg(flag).arg(value);
     }
-    cmd.arg("--reads").stdin(Stdio::null()).stdout(out).stderr(log);
+    cmd.arg("--reads")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(log);
     let mut proc = child::die_with_parent(&mut cmd)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let phases = Duration::from_secs_f64(2.0 * (load.duration_s + load.warmup_s));
     match child::wait_timeout(&mut proc, phases + RUN_OVERHEAD)? {
         Some(s) if s.success() => parse_result(&fs::read_to_string(&out_path).unwrap_or_default()),
-        Some(s) => Err(format!("{} exited {s}; log ends:\n{}", bin.display(), child::tail(&log_path))),
+        Some(s) => Err(format!(
+            "{} exited {s}; log ends:\n{}",
+            bin.display(),
+            child::tail(&log_path)
+        )),
         None => {
             child::terminate(&mut proc, TERM_GRACE);
             signal::check()?;
@@ -144,7 +177,7 @@ fn parse_result(stdout: &str) -> Result<(Stats, Option<Stats>), String> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .ok_or("no JSON line on stdout")?;
-    let v = json::parse_flat_object(line)?;
+    let v = json::parse(line)?;
     let need = |k: &str| v.num(k).ok_or(format!("result has no {k}: {line}"));
     let writes = Stats {
         ops: need("ops")? as u64,
@@ -184,7 +217,10 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(r.per_s, 8981.0);
         assert_eq!(r.ops, 44905);
-        let (_, none) = parse_result("{\"ops\":1,\"errors\":0,\"writes_per_s\":1,\"p50_us\":1,\"p99_us\":1,\"p999_us\":1}").unwrap();
+        let (_, none) = parse_result(
+            "{\"ops\":1,\"errors\":0,\"writes_per_s\":1,\"p50_us\":1,\"p99_us\":1,\"p999_us\":1}",
+        )
+        .unwrap();
         assert!(none.is_none());
         assert!(parse_result("").is_err());
     }

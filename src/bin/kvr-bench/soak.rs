@@ -35,35 +35,45 @@ pub struct RssSummary {
     pub end: u64,
     pub min: u64,
     pub max: u64,
+    /// Largest distance of any sample from the first, as a fraction of the first.
+    pub deviation: f64,
     pub flat: bool,
 }
 
 impl Soak {
     pub fn rss(&self, replica: usize) -> Option<RssSummary> {
-        let series: Vec<u64> = self.samples.iter().map(|(_, m)| m[replica].rss_kb).collect();
+        let series: Vec<u64> = self
+            .samples
+            .iter()
+            .map(|(_, m)| m[replica].rss_kb)
+            .collect();
         let (&start, &end) = (series.first()?, series.last()?);
         let (min, max) = (*series.iter().min()?, *series.iter().max()?);
-        let band = start as f64 * RSS_FLAT_TOLERANCE;
-        let flat = series.iter().all(|&s| (s as f64 - start as f64).abs() <= band);
+        let deviation = (max - start).max(start - min) as f64 / start.max(1) as f64;
         Some(RssSummary {
             start,
             end,
             min,
             max,
-            flat,
+            deviation,
+            flat: deviation <= RSS_FLAT_TOLERANCE,
         })
     }
 }
 
 /// Runs the soak for `seconds` (after its warm-up) on a fresh cluster in `dir`.
 pub fn run(plan: &Plan<'_>, seconds: f64, dir: &Path) -> Result<Soak, String> {
-    let warmup = plan.win.warmup.max(Duration::from_secs_f64(seconds * WARMUP_SHARE));
+    let warmup = plan
+        .win
+        .warmup
+        .max(Duration::from_secs_f64(seconds * WARMUP_SHARE));
     let win = Window {
         warmup,
         duration: Duration::from_secs_f64(seconds),
     };
     let mut cluster = Cluster::start(Api::Rust, dir, plan.kvr_bin)?;
-    let every = Duration::from_secs_f64((seconds / 10.0).clamp(0.5, SAMPLE_EVERY_MAX.as_secs_f64()));
+    let every =
+        Duration::from_secs_f64((seconds / 10.0).clamp(0.5, SAMPLE_EVERY_MAX.as_secs_f64()));
     let mut watch = MemWatch {
         pids: cluster.pids(),
         every,
@@ -71,7 +81,14 @@ pub fn run(plan: &Plan<'_>, seconds: f64, dir: &Path) -> Result<Soak, String> {
         samples: Vec::new(),
     };
     eprintln!("kvr-bench: soak: {CONCURRENCY} writers for {seconds}s after {warmup:?}, RSS every {every:?}");
-    let writes = load::run(cluster.store(), Op::Put, CONCURRENCY, plan.work, win, &mut watch)?;
+    let writes = load::run(
+        cluster.store(),
+        Op::Put,
+        CONCURRENCY,
+        plan.work,
+        win,
+        &mut watch,
+    )?;
     cluster.check_alive()?;
     report_progress("kvr soak writes", CONCURRENCY, &writes);
     let leader = cluster.leader;

@@ -27,7 +27,7 @@ impl Api {
 
 /// A store under load. Every method may be called from many threads at once.
 pub enum Store {
-    Rust(Replica),
+    Rust(Box<Replica>),
     C(CHandle),
     Lmdb(GroupCommit),
 }
@@ -42,7 +42,7 @@ impl Store {
                     cfg.set(k, v).map_err(|e| format!("option {k}: {e}"))?;
                 }
                 Replica::open(cfg)
-                    .map(Store::Rust)
+                    .map(|r| Store::Rust(Box::new(r)))
                     .map_err(|e| format!("open: {e}"))
             }
             Api::C => CHandle::open(options).map(Store::C),
@@ -153,7 +153,8 @@ impl CHandle {
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
         // SAFETY: the buffers are valid for their lengths during the call.
-        let rc = unsafe { ffi::kvr_put(self.0, key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+        let rc =
+            unsafe { ffi::kvr_put(self.0, key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
         self.check(rc)
     }
 
