@@ -52,7 +52,12 @@ pub fn run_all(
     bin_dir: &Path,
     dir: &Path,
 ) -> Vec<PeerRun> {
-    let installed = install(bin_dir, &dir.join("peers-install.log"));
+    if systems.is_empty() {
+        return Vec::new();
+    }
+    let installed = fs::create_dir_all(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))
+        .and_then(|()| install(bin_dir, &dir.join("install.log")));
     let mut runs = Vec::new();
     for system in systems {
         let mut points = Vec::new();
