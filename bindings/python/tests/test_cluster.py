@@ -17,6 +17,7 @@ def test_three_processes_replicate_survive_kill9_and_catch_up(tmp_path: Path) ->
     hosts = {i: Host(i, tmp_path / f"n{i}", peers, FAST).start() for i in (2, 3)}
     try:
         with kvr.open(tmp_path / "n1", node_id=1, peers=peers, **FAST) as me:
+
             def agreed_leader() -> bool:
                 ids = {me.status()["leader_id"]} | {int(h.status()["leader"]) for h in hosts.values()}
                 return len(ids) == 1 and 0 not in ids
@@ -51,7 +52,10 @@ def test_three_processes_replicate_survive_kill9_and_catch_up(tmp_path: Path) ->
             assert hosts[3].cmd("get from-2") == "NOT_FOUND"
             status = hosts[3].status()
             assert int(status["applied_at_open"]) > 5, status
-            wait_until(lambda: hosts[3].cmd("sget while-down") == "written without node 3", what="stale read on node 3")
+            wait_until(
+                lambda: hosts[3].cmd("sget while-down") == "written without node 3",
+                what="stale read on node 3",
+            )
             assert me.get(b"from-2", kvr.STALE) is None
 
         for h in hosts.values():

@@ -256,7 +256,10 @@ def test_leader_that_lost_its_quorum_times_out(tmp_path: Path) -> None:
     a = kvr.open(tmp_path / "a", node_id=1, peers=peers, **opts)
     b = kvr.open(tmp_path / "b", node_id=2, peers=peers, **opts)
     try:
-        wait_until(lambda: a.status()["leader_id"] != 0 and a.status()["leader_id"] == b.status()["leader_id"], what="a leader")
+        wait_until(
+            lambda: a.status()["leader_id"] != 0 and a.status()["leader_id"] == b.status()["leader_id"],
+            what="a leader",
+        )
         leader, follower = (a, b) if a.status()["role"] == "leader" else (b, a)
         follower.close()
         with pytest.raises(kvr.Timeout) as e:
