@@ -250,7 +250,8 @@ struct kvr_options *kvr_options_new(void);
 /**
  * Sets option `key` to `value` (both NUL-terminated UTF-8). Keys: `node_id`, `dir`, `listen`,
  * `peers` (`1=host:port,2=host:port,...` including this node), `cluster_id`,
- * `request_timeout_ms`, `tick_ms`, `election_ticks`, `heartbeat_ticks`, `map_size_mb`, `join`.
+ * `request_timeout_ms`, `tick_ms`, `election_ticks`, `heartbeat_ticks`, `map_size_mb`, `join`,
+ * `snapshot_entries`, `compaction_margin`.
  * Returns `KVR_OK`, or `KVR_INVALID_ARG` for NULL arguments, unknown keys and bad values
  * (the reason is in `kvr_options_errmsg`).
  */
@@ -312,6 +313,43 @@ int kvr_delete(struct kvr *db, const uint8_t *key, size_t key_len);
  * buffer already reset, are no-ops.
  */
 void kvr_buf_free(struct kvr_buf *b);
+
+/**
+ * Adds node `id`, listening on `addr` (`host:port`, NUL-terminated), as a voter, or promotes
+ * a learner. Callable on any replica; blocks until the change is committed and applied on
+ * this replica. The new replica is opened with option `join=true` on an empty directory.
+ * Codes: `KVR_OK`, `KVR_INVALID_ARG` (id 0, bad or NULL address, id removed before),
+ * `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
+ */
+int kvr_add_node(struct kvr *db, uint64_t id, const char *addr);
+
+/**
+ * Adds node `id`, listening on `addr`, as a learner (receives the log, does not vote).
+ * Same blocking and codes as `kvr_add_node`.
+ */
+int kvr_add_learner(struct kvr *db, uint64_t id, const char *addr);
+
+/**
+ * Removes node `id` from the cluster (its id can never be reused). Removing the leader hands
+ * leadership to another voter first. Blocks until applied on this replica.
+ * Codes: `KVR_OK`, `KVR_INVALID_ARG` (not a member, or the only voter), `KVR_TIMEOUT`,
+ * `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
+ */
+int kvr_remove_node(struct kvr *db, uint64_t id);
+
+/**
+ * Asks the cluster to make node `id` the leader; blocks until this replica sees it lead.
+ * Codes: `KVR_OK`, `KVR_TIMEOUT`, `KVR_CLOSED`, `KVR_REMOVED`.
+ */
+int kvr_transfer_leader(struct kvr *db, uint64_t id);
+
+/**
+ * Lists the members, read linearizably, as JSON text (not NUL-terminated) in a new buffer:
+ * `[{"id":1,"addr":"127.0.0.1:7001","role":"voter"},...]` sorted by id; `role` is `voter` or
+ * `learner`. Free the buffer with `kvr_buf_free`.
+ * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`.
+ */
+int kvr_members(struct kvr *db, struct kvr_buf *out);
 
 /**
  * Fills `*out` with the replica's current state. Never blocks.

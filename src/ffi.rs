@@ -287,7 +287,8 @@ pub extern "C" fn kvr_options_new() -> *mut kvr_options {
 
 /// Sets option `key` to `value` (both NUL-terminated UTF-8). Keys: `node_id`, `dir`, `listen`,
 /// `peers` (`1=host:port,2=host:port,...` including this node), `cluster_id`,
-/// `request_timeout_ms`, `tick_ms`, `election_ticks`, `heartbeat_ticks`, `map_size_mb`, `join`.
+/// `request_timeout_ms`, `tick_ms`, `election_ticks`, `heartbeat_ticks`, `map_size_mb`, `join`,
+/// `snapshot_entries`, `compaction_margin`.
 /// Returns `KVR_OK`, or `KVR_INVALID_ARG` for NULL arguments, unknown keys and bad values
 /// (the reason is in `kvr_options_errmsg`).
 #[no_mangle]
@@ -472,6 +473,65 @@ pub unsafe extern "C" fn kvr_buf_free(b: *mut kvr_buf) {
         b.ptr = ptr::null_mut();
         b.len = 0;
     }
+}
+
+/// Adds node `id`, listening on `addr` (`host:port`, NUL-terminated), as a voter, or promotes
+/// a learner. Callable on any replica; blocks until the change is committed and applied on
+/// this replica. The new replica is opened with option `join=true` on an empty directory.
+/// Codes: `KVR_OK`, `KVR_INVALID_ARG` (id 0, bad or NULL address, id removed before),
+/// `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
+#[no_mangle]
+pub unsafe extern "C" fn kvr_add_node(db: *mut kvr, id: u64, addr: *const c_char) -> c_int {
+    with_replica(db, |r| {
+        // SAFETY: forwarded caller promise of a NUL-terminated string.
+        let addr = unsafe { str_arg(addr, "addr")? };
+        r.add_node(id, addr)
+    })
+}
+
+/// Adds node `id`, listening on `addr`, as a learner (receives the log, does not vote).
+/// Same blocking and codes as `kvr_add_node`.
+#[no_mangle]
+pub unsafe extern "C" fn kvr_add_learner(db: *mut kvr, id: u64, addr: *const c_char) -> c_int {
+    with_replica(db, |r| {
+        // SAFETY: forwarded caller promise of a NUL-terminated string.
+        let addr = unsafe { str_arg(addr, "addr")? };
+        r.add_learner(id, addr)
+    })
+}
+
+/// Removes node `id` from the cluster (its id can never be reused). Removing the leader hands
+/// leadership to another voter first. Blocks until applied on this replica.
+/// Codes: `KVR_OK`, `KVR_INVALID_ARG` (not a member, or the only voter), `KVR_TIMEOUT`,
+/// `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
+#[no_mangle]
+pub unsafe extern "C" fn kvr_remove_node(db: *mut kvr, id: u64) -> c_int {
+    with_replica(db, |r| r.remove_node(id))
+}
+
+/// Asks the cluster to make node `id` the leader; blocks until this replica sees it lead.
+/// Codes: `KVR_OK`, `KVR_TIMEOUT`, `KVR_CLOSED`, `KVR_REMOVED`.
+#[no_mangle]
+pub unsafe extern "C" fn kvr_transfer_leader(db: *mut kvr, id: u64) -> c_int {
+    with_replica(db, |r| r.transfer_leader(id))
+}
+
+/// Lists the members, read linearizably, as JSON text (not NUL-terminated) in a new buffer:
+/// `[{"id":1,"addr":"127.0.0.1:7001","role":"voter"},...]` sorted by id; `role` is `voter` or
+/// `learner`. Free the buffer with `kvr_buf_free`.
+/// Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`.
+#[no_mangle]
+pub unsafe extern "C" fn kvr_members(db: *mut kvr, out: *mut kvr_buf) -> c_int {
+    with_replica(db, |r| {
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let text = crate::replica::members_json(&r.members()?);
+        let buf = alloc_buf(text.as_bytes())?;
+        // SAFETY: `out` is non-NULL and writable, by contract.
+        unsafe { *out = buf };
+        Ok(())
+    })
 }
 
 /// Fills `*out` with the replica's current state. Never blocks.

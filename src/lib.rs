@@ -41,6 +41,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod ffi;
+pub mod json;
 pub mod node;
 pub mod replica;
 pub mod storage;
@@ -49,7 +50,7 @@ pub mod transport;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use node::Role;
-pub use replica::{ReadConsistency, Replica, Status};
+pub use replica::{MemberInfo, MemberRole, ReadConsistency, Replica, Status};
 
 /// Major version.
 pub const VERSION_MAJOR: u32 = 0;

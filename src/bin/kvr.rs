@@ -120,9 +120,9 @@ fn execute(r: &Replica, line: &str) -> Option<String> {
     let reply = match cmd {
         "" => String::new(),
         "quit" | "exit" => return None,
-        "help" => {
-            "commands: put KEY VALUE | get KEY | sget KEY | delete KEY | status | quit".into()
-        }
+        "help" => "commands: put KEY VALUE | get KEY | sget KEY | delete KEY | status | members | \
+                   add ID ADDR | learner ID ADDR | remove ID | transfer ID | quit"
+            .into(),
         "put" => match rest.split_once(char::is_whitespace) {
             Some((k, v)) => done(r.put(k.as_bytes(), v.trim_start().as_bytes())),
             None if !rest.is_empty() => done(r.put(rest.as_bytes(), b"")),
@@ -141,25 +141,92 @@ fn execute(r: &Replica, line: &str) -> Option<String> {
             }
         }
         "delete" | "del" => done(r.delete(rest.as_bytes())),
+        "add" | "learner" => match parse_id_addr(rest) {
+            Some((id, addr)) if cmd == "add" => done(r.add_node(id, addr)),
+            Some((id, addr)) => done(r.add_learner(id, addr)),
+            None => format!("ERR usage: {cmd} ID HOST:PORT"),
+        },
+        "remove" | "transfer" => match rest.parse::<u64>() {
+            Ok(id) if cmd == "remove" => done(r.remove_node(id)),
+            Ok(id) => done(r.transfer_leader(id)),
+            Err(_) => format!("ERR usage: {cmd} ID"),
+        },
+        "fill" => fill(r, rest),
+        "members" => match r.members() {
+            Ok(m) => kvr::replica::members_json(&m),
+            Err(e) => err(e),
+        },
         "status" => {
             let s = r.status();
             format!(
-                "node={} leader={} term={} role={} commit={} applied={} last={} applied_at_open={} entries_applied={} duplicates={}",
+                "node={} leader={} term={} role={} commit={} applied={} first={} last={} \
+                 applied_at_open={} entries_applied={} duplicates={} snapshot_index={} \
+                 snapshots_taken={} snapshots_installed={} snapshots_sent={} removed={}",
                 s.node_id,
                 s.leader_id,
                 s.term,
                 s.role.name(),
                 s.commit_index,
                 s.applied_index,
+                s.first_index,
                 s.last_index,
                 s.applied_index_at_open,
                 s.entries_applied,
-                s.duplicates
+                s.duplicates,
+                s.snapshot_index,
+                s.snapshots_taken,
+                s.snapshots_installed,
+                s.snapshots_sent,
+                s.removed
             )
         }
         other => format!("ERR unknown command {other:?} (try help)"),
     };
     Some(reply)
+}
+
+/// `fill PREFIX COUNT [VALUE_BYTES] [THREADS]`: writes keys `PREFIX-0..COUNT` from several
+/// threads, to load a replica with test data.
+fn fill(r: &Replica, args: &str) -> String {
+    let a: Vec<&str> = args.split_whitespace().collect();
+    let parsed = (|| -> Option<(&str, usize, usize, usize)> {
+        let prefix = *a.first()?;
+        let count = a.get(1)?.parse().ok()?;
+        let bytes = a.get(2).map_or(Some(16), |v| v.parse().ok())?;
+        let threads: usize = a.get(3).map_or(Some(16), |v| v.parse().ok())?;
+        Some((prefix, count, bytes, threads.clamp(1, 256)))
+    })();
+    let Some((prefix, count, bytes, threads)) = parsed else {
+        return "ERR usage: fill PREFIX COUNT [VALUE_BYTES] [THREADS]".into();
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let mut v = format!("v{i}").into_bytes();
+                v.resize(bytes.max(v.len()), b'.');
+                if let Err(e) = r.put(format!("{prefix}-{i}").as_bytes(), &v) {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    next.store(count, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => err(e),
+        None => format!("OK {count}"),
+    }
+}
+
+fn parse_id_addr(s: &str) -> Option<(u64, &str)> {
+    let (id, addr) = s.split_once(char::is_whitespace)?;
+    Some((id.parse().ok()?, addr.trim()))
 }
 
 fn done(r: kvr::Result<()>) -> String {

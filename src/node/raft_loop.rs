@@ -289,7 +289,7 @@ impl RaftLoop {
     fn handle_ready(&mut self) -> Result<()> {
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
-            self.on_soft_state(ss.leader_id, ss.raft_state);
+            self.on_soft_state(ss.leader_id);
         }
         if !rd.messages().is_empty() {
             self.send(rd.take_messages());
@@ -352,7 +352,7 @@ impl RaftLoop {
         }
     }
 
-    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+    fn on_soft_state(&mut self, leader: u64) {
         let old = self.shared.leader_id.swap(leader, Ordering::Relaxed);
         if old != leader {
             log::info!(
@@ -362,13 +362,15 @@ impl RaftLoop {
                 self.raw.raft.term
             );
         }
-        let role = match role {
+    }
+
+    fn role(&self) -> Role {
+        match self.raw.raft.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
             StateRole::Follower if self.is_learner() => Role::Learner,
             StateRole::Follower => Role::Follower,
-        };
-        self.shared.role.store(role as u8, Ordering::Relaxed);
+        }
     }
 
     fn is_learner(&self) -> bool {
@@ -471,6 +473,7 @@ impl RaftLoop {
             .store(self.raw.raft.leader_id, Ordering::Relaxed);
         s.first_index
             .store(self.raw.store().truncated_index() + 1, Ordering::Relaxed);
+        s.role.store(self.role() as u8, Ordering::Relaxed);
     }
 
     fn stop(&mut self) {

@@ -165,3 +165,19 @@ fn check_addition(r: &Replica, id: u64, addr: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The documented JSON listing of members:
+/// `[{"id":1,"addr":"127.0.0.1:7001","role":"voter"},...]`, sorted by id.
+pub fn members_json(members: &[MemberInfo]) -> String {
+    let mut j = crate::json::Json::new();
+    j.begin_array();
+    for m in members {
+        j.begin_object()
+            .kv_u64("id", m.id)
+            .kv_str("addr", &m.addr)
+            .kv_str("role", m.role.name())
+            .end_object();
+    }
+    j.end_array();
+    j.finish()
+}

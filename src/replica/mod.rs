@@ -29,7 +29,7 @@ use crate::storage::DirLock;
 use crate::transport::listener::Listener;
 use crate::transport::{Host, Transport, TransportConfig, TransportStats};
 
-pub use membership::{MemberInfo, MemberRole};
+pub use membership::{members_json, MemberInfo, MemberRole};
 
 /// Capacity of the raft thread's inbox.
 const INBOX_LEN: usize = 8192;

@@ -228,7 +228,9 @@ impl Reader {
             }
             let msg = Message::parse_from_bytes(&buf)
                 .map_err(|e| Error::Corrupt(format!("undecodable raft message: {e}")))?;
-            if msg.from != hello.from || msg.to != self.cfg.node_id {
+            // A forwarded leader-transfer request names the transferee as its sender.
+            let forwarded = msg.get_msg_type() == raft::eraftpb::MessageType::MsgTransferLeader;
+            if (msg.from != hello.from && !forwarded) || msg.to != self.cfg.node_id {
                 return Err(Error::Corrupt(format!(
                     "message {}->{} on a connection from node {}",
                     msg.from, msg.to, hello.from

@@ -129,22 +129,32 @@ impl Node {
 
     /// Sends one REPL line and returns the reply line.
     pub fn cmd(&mut self, line: &str) -> String {
+        self.send(line);
+        self.recv(line, REPLY_TIMEOUT)
+    }
+
+    /// Sends one REPL line without waiting for the reply (read it later with `recv`).
+    pub fn send(&mut self, line: &str) {
         let stdin = self
             .stdin
             .as_mut()
             .unwrap_or_else(|| panic!("node {} is not running", self.id));
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
-        match self.lines.as_ref().unwrap().recv_timeout(REPLY_TIMEOUT) {
+    }
+
+    /// Waits for the reply to a line sent earlier.
+    pub fn recv(&mut self, what: &str, timeout: Duration) -> String {
+        match self.lines.as_ref().unwrap().recv_timeout(timeout) {
             Ok(l) => l,
             Err(RecvTimeoutError::Timeout) => panic!(
-                "node {}: no reply to {line:?}; log:\n{}",
+                "node {}: no reply to {what:?}; log:\n{}",
                 self.id,
                 self.tail_log()
             ),
             Err(RecvTimeoutError::Disconnected) => {
                 panic!(
-                    "node {}: exited while running {line:?}; log:\n{}",
+                    "node {}: exited while running {what:?}; log:\n{}",
                     self.id,
                     self.tail_log()
                 )
@@ -275,6 +285,26 @@ impl Cluster {
             peers,
             _tmp: tmp,
         }
+    }
+
+    /// Adds a process hosting a new, empty replica that joins with `--join` (it is not yet a
+    /// member: add it with `add`/`learner` on any replica). Returns its id and address.
+    pub fn spawn_joiner(&mut self, extra: &[(&str, &str)]) -> (u64, String) {
+        let id = self.nodes.len() as u64 + 1;
+        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let dir = self._tmp.path().join(format!("n{id}"));
+        let mut opts: Vec<(&str, &str)> = extra.to_vec();
+        opts.push(("join", "true"));
+        opts.push(("listen", &addr));
+        let mut node = Node::new(vec![kvr_bin().display().to_string()], id, &dir, "", &opts);
+        node.start();
+        self.nodes.push(node);
+        (id, addr)
+    }
+
+    /// Directory holding the replicas' directories.
+    pub fn root(&self) -> &Path {
+        self._tmp.path()
     }
 
     /// Starts `n` replicas hosted by the `kvr` CLI.
