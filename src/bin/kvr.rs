@@ -152,6 +152,12 @@ fn execute(r: &Replica, line: &str) -> Option<String> {
             Err(_) => format!("ERR usage: {cmd} ID"),
         },
         "fill" => fill(r, rest),
+        "digest" => match r.digest() {
+            Ok((applied, keys, digest)) => {
+                format!("applied={applied} keys={keys} digest={digest:016x}")
+            }
+            Err(e) => err(e),
+        },
         "members" => match r.members() {
             Ok(m) => kvr::replica::members_json(&m),
             Err(e) => err(e),

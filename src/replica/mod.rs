@@ -184,7 +184,7 @@ impl Replica {
                 t.set_peer(m.id, &m.addr);
             }
             for (id, addr) in &cfg.peers {
-                t.set_peer(*id, addr);
+                t.pin_peer(*id, addr);
             }
             Some(t)
         };
@@ -269,6 +269,13 @@ impl Replica {
             self.read_barrier()?;
         }
         self.shared.state_machine()?.get(key)
+    }
+
+    /// `(applied_index, keys, digest)` of this replica's user data, read locally in one read
+    /// txn. Replicas at the same applied index must have the same digest.
+    pub fn digest(&self) -> Result<(u64, u64, u64)> {
+        self.check_open()?;
+        self.shared.state_machine()?.digest()
     }
 
     /// A snapshot of this replica's Raft and apply state.

@@ -178,6 +178,30 @@ impl StateMachine {
         Ok(self.kv.get(&rtxn, key)?.map(<[u8]>::to_vec))
     }
 
+    /// `(applied_index, keys, digest)` of the user data as of one read txn: replicas that
+    /// applied the same entries have the same digest (FNV-1a over every key and value).
+    pub fn digest(&self) -> Result<(u64, u64, u64)> {
+        let rtxn = self.env.read_txn()?;
+        let (applied, _) = self.applied_in(&rtxn)?;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |b: &[u8]| {
+            for &x in b {
+                h ^= u64::from(x);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let mut keys = 0u64;
+        for item in self.kv.iter(&rtxn)? {
+            let (k, v) = item?;
+            feed(&(k.len() as u32).to_le_bytes());
+            feed(k);
+            feed(&(v.len() as u32).to_le_bytes());
+            feed(v);
+            keys += 1;
+        }
+        Ok((applied, keys, h))
+    }
+
     /// Number of user keys.
     pub fn len(&self) -> Result<u64> {
         let rtxn = self.env.read_txn()?;

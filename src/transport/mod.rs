@@ -94,6 +94,9 @@ pub struct TransportStats {
 pub struct Transport {
     cfg: Arc<TransportConfig>,
     peers: HashMap<u64, peer::PeerWriter>,
+    /// Peers whose address was configured explicitly: replicated addresses do not override it
+    /// (each node may reach a peer through its own route, e.g. a proxy).
+    pinned: std::collections::HashSet<u64>,
     host: Arc<dyn Host>,
     stats: Arc<TransportStats>,
 }
@@ -104,14 +107,22 @@ impl Transport {
         Transport {
             cfg,
             peers: HashMap::new(),
+            pinned: Default::default(),
             host,
             stats,
         }
     }
 
-    /// Adds a peer, or updates its address.
+    /// Sets a peer's address for good: later [`Transport::set_peer`] calls leave it alone.
+    pub fn pin_peer(&mut self, id: u64, addr: &str) {
+        self.pinned.remove(&id);
+        self.set_peer(id, addr);
+        self.pinned.insert(id);
+    }
+
+    /// Adds a peer, or updates its address (unless pinned).
     pub fn set_peer(&mut self, id: u64, addr: &str) {
-        if id == self.cfg.node_id || addr.is_empty() {
+        if id == self.cfg.node_id || addr.is_empty() || self.pinned.contains(&id) {
             return;
         }
         match self.peers.get(&id) {
@@ -131,6 +142,7 @@ impl Transport {
 
     /// Stops sending to a peer.
     pub fn remove_peer(&mut self, id: u64) {
+        self.pinned.remove(&id);
         if let Some(p) = self.peers.remove(&id) {
             p.stop();
         }
