@@ -17,6 +17,19 @@ mod op {
     pub const NOOP: u8 = 0;
     pub const PUT: u8 = 1;
     pub const DELETE: u8 = 2;
+    pub const PUT_TTL: u8 = 3;
+    pub const BATCH: u8 = 4;
+    pub const CAS: u8 = 5;
+    pub const APPEND: u8 = 6;
+    pub const EXPIRE: u8 = 7;
+}
+
+/// Flag bits of a compare-and-swap.
+mod cas {
+    /// The key must be absent (the expected value is ignored).
+    pub const EXPECT_ABSENT: u8 = 1;
+    /// On success the key is deleted (the new value is ignored).
+    pub const DELETE: u8 = 2;
 }
 
 /// A decoded command, borrowing its byte strings from the entry data.
@@ -32,23 +45,67 @@ pub struct Command<'a> {
     pub op: Op<'a>,
 }
 
-/// The state-machine operation of a command.
+/// One write of an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op<'a> {
-    /// Nothing (used to probe the log).
-    Noop,
-    /// Set `key` to `value`.
+pub enum BatchOp<'a> {
+    /// Set a key.
     Put {
         /// Key.
         key: &'a [u8],
         /// Value.
         value: &'a [u8],
     },
+    /// Remove a key.
+    Delete {
+        /// Key.
+        key: &'a [u8],
+    },
+}
+
+/// The state-machine operation of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// Nothing (used to probe the log).
+    Noop,
+    /// Set `key` to `value`; the key expires at `expires_at_ms` (Unix ms) unless it is 0.
+    Put {
+        /// Key.
+        key: &'a [u8],
+        /// Value.
+        value: &'a [u8],
+        /// Expiry deadline in Unix milliseconds, 0 for none.
+        expires_at_ms: u64,
+    },
     /// Remove `key` (absent is fine).
     Delete {
         /// Key.
         key: &'a [u8],
     },
+    /// Apply every write or none.
+    Batch(Vec<BatchOp<'a>>),
+    /// Replace `key` only if it holds `expected` (or is absent, when `expected` is `None`).
+    Cas {
+        /// Proposer's clock (Unix ms): keys whose deadline passed by then count as absent.
+        now_ms: u64,
+        /// Key.
+        key: &'a [u8],
+        /// Required current value; `None` requires the key to be absent.
+        expected: Option<&'a [u8]>,
+        /// New value; `None` deletes the key.
+        new: Option<&'a [u8]>,
+    },
+    /// Append `value` to the current value of `key` (absent counts as empty).
+    Append {
+        /// Proposer's clock (Unix ms): keys whose deadline passed by then count as absent.
+        now_ms: u64,
+        /// Key.
+        key: &'a [u8],
+        /// Bytes to append.
+        value: &'a [u8],
+    },
+    /// Remove keys whose deadline passed, as decided by the leader. A key is removed only if
+    /// its deadline is still the one named here (it was not written again since).
+    Expire(Vec<(&'a [u8], u64)>),
 }
 
 impl Command<'_> {
@@ -56,30 +113,113 @@ impl Command<'_> {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_BYTES + self.body_len());
         out.push(VERSION);
-        out.push(match self.op {
-            Op::Noop => op::NOOP,
-            Op::Put { .. } => op::PUT,
-            Op::Delete { .. } => op::DELETE,
-        });
+        out.push(self.code());
         out.extend_from_slice(&self.client_id.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.watermark.to_le_bytes());
         match &self.op {
             Op::Noop => {}
-            Op::Put { key, value } => {
+            Op::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => {
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+                if *expires_at_ms != 0 {
+                    out.extend_from_slice(&expires_at_ms.to_le_bytes());
+                }
+            }
+            Op::Delete { key } => put_bytes(&mut out, key),
+            Op::Batch(ops) => {
+                out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+                for o in ops {
+                    match o {
+                        BatchOp::Put { key, value } => {
+                            out.push(op::PUT);
+                            put_bytes(&mut out, key);
+                            put_bytes(&mut out, value);
+                        }
+                        BatchOp::Delete { key } => {
+                            out.push(op::DELETE);
+                            put_bytes(&mut out, key);
+                        }
+                    }
+                }
+            }
+            Op::Cas {
+                now_ms,
+                key,
+                expected,
+                new,
+            } => {
+                let mut flags = 0;
+                if expected.is_none() {
+                    flags |= cas::EXPECT_ABSENT;
+                }
+                if new.is_none() {
+                    flags |= cas::DELETE;
+                }
+                out.push(flags);
+                out.extend_from_slice(&now_ms.to_le_bytes());
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, expected.unwrap_or_default());
+                put_bytes(&mut out, new.unwrap_or_default());
+            }
+            Op::Append { now_ms, key, value } => {
+                out.extend_from_slice(&now_ms.to_le_bytes());
                 put_bytes(&mut out, key);
                 put_bytes(&mut out, value);
             }
-            Op::Delete { key } => put_bytes(&mut out, key),
+            Op::Expire(keys) => {
+                out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+                for (k, at) in keys {
+                    put_bytes(&mut out, k);
+                    out.extend_from_slice(&at.to_le_bytes());
+                }
+            }
         }
         out
+    }
+
+    fn code(&self) -> u8 {
+        match &self.op {
+            Op::Noop => op::NOOP,
+            Op::Put {
+                expires_at_ms: 0, ..
+            } => op::PUT,
+            Op::Put { .. } => op::PUT_TTL,
+            Op::Delete { .. } => op::DELETE,
+            Op::Batch(_) => op::BATCH,
+            Op::Cas { .. } => op::CAS,
+            Op::Append { .. } => op::APPEND,
+            Op::Expire(_) => op::EXPIRE,
+        }
     }
 
     fn body_len(&self) -> usize {
         match &self.op {
             Op::Noop => 0,
-            Op::Put { key, value } => 8 + key.len() + value.len(),
+            Op::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => 8 + key.len() + value.len() + if *expires_at_ms == 0 { 0 } else { 8 },
             Op::Delete { key } => 4 + key.len(),
+            Op::Batch(ops) => {
+                4 + ops
+                    .iter()
+                    .map(|o| match o {
+                        BatchOp::Put { key, value } => 9 + key.len() + value.len(),
+                        BatchOp::Delete { key } => 5 + key.len(),
+                    })
+                    .sum::<usize>()
+            }
+            Op::Cas {
+                key, expected, new, ..
+            } => 21 + key.len() + expected.map_or(0, <[u8]>::len) + new.map_or(0, <[u8]>::len),
+            Op::Append { key, value, .. } => 16 + key.len() + value.len(),
+            Op::Expire(keys) => 4 + keys.iter().map(|(k, _)| 12 + k.len()).sum::<usize>(),
         }
     }
 
@@ -99,8 +239,44 @@ impl Command<'_> {
             op::PUT => Op::Put {
                 key: r.bytes()?,
                 value: r.bytes()?,
+                expires_at_ms: 0,
             },
+            op::PUT_TTL => {
+                let (key, value) = (r.bytes()?, r.bytes()?);
+                Op::Put {
+                    key,
+                    value,
+                    expires_at_ms: r.u64()?,
+                }
+            }
             op::DELETE => Op::Delete { key: r.bytes()? },
+            op::BATCH => Op::Batch(decode_batch(&mut r)?),
+            op::CAS => {
+                let (flags, now_ms) = (r.u8()?, r.u64()?);
+                let (key, expected, new) = (r.bytes()?, r.bytes()?, r.bytes()?);
+                Op::Cas {
+                    now_ms,
+                    key,
+                    expected: (flags & cas::EXPECT_ABSENT == 0).then_some(expected),
+                    new: (flags & cas::DELETE == 0).then_some(new),
+                }
+            }
+            op::APPEND => {
+                let now_ms = r.u64()?;
+                Op::Append {
+                    now_ms,
+                    key: r.bytes()?,
+                    value: r.bytes()?,
+                }
+            }
+            op::EXPIRE => {
+                let n = r.count(12)?;
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push((r.bytes()?, r.u64()?));
+                }
+                Op::Expire(keys)
+            }
             other => return Err(Error::Corrupt(format!("command op {other} unknown"))),
         };
         if !r.buf.is_empty() {
@@ -116,6 +292,22 @@ impl Command<'_> {
             op,
         })
     }
+}
+
+fn decode_batch<'a>(r: &mut Reader<'a>) -> Result<Vec<BatchOp<'a>>> {
+    let n = r.count(5)?;
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        ops.push(match r.u8()? {
+            op::PUT => BatchOp::Put {
+                key: r.bytes()?,
+                value: r.bytes()?,
+            },
+            op::DELETE => BatchOp::Delete { key: r.bytes()? },
+            other => return Err(Error::Corrupt(format!("batch op {other} unknown"))),
+        });
+    }
+    Ok(ops)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -156,79 +348,138 @@ impl<'a> Reader<'a> {
         let n = u32::from_le_bytes(b.try_into().expect("take(4) returns 4 bytes")) as usize;
         self.take(n)
     }
+
+    /// An element count, checked against the bytes left (each element takes at least
+    /// `min_bytes`), so a forged count cannot make the decoder allocate.
+    fn count(&mut self, min_bytes: usize) -> Result<usize> {
+        let b = self.take(4)?;
+        let n = u32::from_le_bytes(b.try_into().expect("take(4) returns 4 bytes")) as usize;
+        if n.saturating_mul(min_bytes) > self.buf.len() {
+            return Err(Error::Corrupt(format!(
+                "command claims {n} elements in {} bytes",
+                self.buf.len()
+            )));
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cmd(op: Op<'_>) -> Command<'_> {
+        Command {
+            client_id: 7,
+            seq: 9,
+            watermark: 3,
+            op,
+        }
+    }
+
     #[test]
     fn round_trip() {
         let cmds = [
-            Command {
-                client_id: 7,
-                seq: 9,
-                watermark: 3,
-                op: Op::Put {
-                    key: b"k",
-                    value: b"v",
+            cmd(Op::Put {
+                key: b"k",
+                value: b"v",
+                expires_at_ms: 0,
+            }),
+            cmd(Op::Put {
+                key: b"k",
+                value: b"",
+                expires_at_ms: 1_700_000_000_000,
+            }),
+            cmd(Op::Delete { key: b"key" }),
+            cmd(Op::Noop),
+            cmd(Op::Batch(vec![
+                BatchOp::Put {
+                    key: b"a",
+                    value: b"1",
                 },
-            },
-            Command {
-                client_id: 1,
-                seq: 2,
-                watermark: 2,
-                op: Op::Delete { key: b"key" },
-            },
-            Command {
-                client_id: 0,
-                seq: 0,
-                watermark: 0,
-                op: Op::Noop,
-            },
-            Command {
-                client_id: u64::MAX,
-                seq: 1,
-                watermark: 1,
-                op: Op::Put {
-                    key: b"",
-                    value: b"",
-                },
-            },
+                BatchOp::Delete { key: b"b" },
+            ])),
+            cmd(Op::Batch(vec![])),
+            cmd(Op::Cas {
+                now_ms: 1,
+                key: b"k",
+                expected: Some(b"old"),
+                new: Some(b"new"),
+            }),
+            cmd(Op::Cas {
+                now_ms: 2,
+                key: b"k",
+                expected: None,
+                new: Some(b""),
+            }),
+            cmd(Op::Cas {
+                now_ms: 3,
+                key: b"k",
+                expected: Some(b""),
+                new: None,
+            }),
+            cmd(Op::Append {
+                now_ms: 4,
+                key: b"k",
+                value: b"tail",
+            }),
+            cmd(Op::Expire(vec![(b"a", 5), (b"bb", 6)])),
         ];
         for c in cmds {
             let enc = c.encode();
+            assert_eq!(enc.len(), HEADER_BYTES + c.body_len(), "{c:?}");
             assert_eq!(Command::decode(&enc).unwrap(), c);
         }
     }
 
     #[test]
     fn rejects_garbage() {
-        let good = Command {
-            client_id: 1,
-            seq: 1,
-            watermark: 1,
-            op: Op::Put {
+        let samples = [
+            cmd(Op::Put {
                 key: b"k",
                 value: b"v",
-            },
+                expires_at_ms: 9,
+            }),
+            cmd(Op::Batch(vec![BatchOp::Put {
+                key: b"a",
+                value: b"1",
+            }])),
+            cmd(Op::Cas {
+                now_ms: 5,
+                key: b"k",
+                expected: Some(b"x"),
+                new: None,
+            }),
+            cmd(Op::Expire(vec![(b"a", 5)])),
+        ];
+        for c in samples {
+            let good = c.encode();
+            for cut in 0..good.len() {
+                assert!(
+                    Command::decode(&good[..cut]).is_err(),
+                    "{c:?} truncated at {cut}"
+                );
+            }
+            let mut long = good.clone();
+            long.push(0);
+            assert!(Command::decode(&long).is_err());
         }
-        .encode();
-        for cut in 0..good.len() {
-            assert!(Command::decode(&good[..cut]).is_err(), "truncated at {cut}");
-        }
+        let good = cmd(Op::Delete { key: b"k" }).encode();
         let mut bad = good.clone();
         bad[0] = 9;
         assert!(Command::decode(&bad).is_err());
         let mut bad = good.clone();
         bad[1] = 200;
         assert!(Command::decode(&bad).is_err());
-        let mut bad = good.clone();
-        bad.push(0);
-        assert!(Command::decode(&bad).is_err());
         let mut huge = good[..HEADER_BYTES].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(Command::decode(&huge).is_err());
+        // A batch claiming four billion ops in a few bytes is refused before allocating.
+        let mut forged = cmd(Op::Batch(vec![])).encode();
+        forged.truncate(HEADER_BYTES);
+        forged.extend_from_slice(&u32::MAX.to_le_bytes());
+        forged.push(op::DELETE);
+        assert!(Command::decode(&forged).is_err());
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Config {
     /// Entries kept in the log below the last snapshot point, for followers that are a little
     /// behind (`compaction_margin`).
     pub compaction_margin: u64,
+    /// Entries whose changes the watch feed keeps, 0 to keep none (`watch_retain_entries`).
+    pub watch_retain_entries: u64,
+    /// A backup file (from `kvr_backup`) to seed a new replica's state from (`restore_from`).
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -68,6 +72,8 @@ impl Default for Config {
             join: false,
             snapshot_entries: 50_000,
             compaction_margin: 5_000,
+            watch_retain_entries: 100_000,
+            restore_from: None,
         }
     }
 }
@@ -87,6 +93,8 @@ pub const OPTION_KEYS: &[&str] = &[
     "join",
     "snapshot_entries",
     "compaction_margin",
+    "watch_retain_entries",
+    "restore_from",
 ];
 
 impl Config {
@@ -125,6 +133,15 @@ impl Config {
             "join" => self.join = parse_bool(key, value)?,
             "snapshot_entries" => self.snapshot_entries = parse_u64(key, value, 1, u64::MAX / 4)?,
             "compaction_margin" => self.compaction_margin = parse_u64(key, value, 0, u64::MAX / 4)?,
+            "watch_retain_entries" => {
+                self.watch_retain_entries = parse_u64(key, value, 0, u64::MAX / 4)?
+            }
+            "restore_from" => {
+                if value.is_empty() {
+                    return Err(Error::invalid("restore_from must not be empty"));
+                }
+                self.restore_from = Some(PathBuf::from(value));
+            }
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option key {key:?} (known keys: {})",
@@ -154,6 +171,9 @@ impl Config {
                 "peers does not list this node (node_id {})",
                 self.node_id
             )));
+        }
+        if self.join && self.restore_from.is_some() {
+            return Err(Error::invalid("join and restore_from exclude each other"));
         }
         if self.join && self.listen_addr().is_none() {
             return Err(Error::invalid("join needs listen (or this node in peers)"));

@@ -20,7 +20,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType};
 
 use super::waiters::Outcome;
 use super::{ApplyTask, Shared};
-use crate::command::{Command, ConfContext, Op};
+use crate::command::{Command, ConfContext};
 use crate::error::{codes, Error, Result};
 use crate::storage::snapshot::Staged;
 use crate::storage::state_machine::{ApplyTxn, Dedup, StateMachine, SESSION_SWEEP_ENTRIES};
@@ -30,6 +30,8 @@ const BATCH_ENTRIES_MAX: usize = 16_384;
 /// Attempts at committing a batch before the replica fails closed.
 const COMMIT_ATTEMPTS_MAX: u32 = 5;
 
+/// The watch window is trimmed each time the applied index crosses a multiple of this.
+const CHANGES_PRUNE_ENTRIES: u64 = 1024;
 /// How long an install waits for readers to let go of the old state machine.
 const INSTALL_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +44,20 @@ pub struct Applier {
     dir: PathBuf,
     map_size_mb: u64,
     snapshot_entries: u64,
+    watch_retain: u64,
     last_snapshot: u64,
+}
+
+/// Settings of the apply thread.
+pub struct ApplySettings {
+    /// Replica directory (snapshots are installed into it).
+    pub dir: PathBuf,
+    /// LMDB map size of a state machine.
+    pub map_size_mb: u64,
+    /// Entries between durable snapshot points.
+    pub snapshot_entries: u64,
+    /// Entries whose changes the watch feed keeps (0: no feed).
+    pub watch_retain: u64,
 }
 
 impl Applier {
@@ -52,18 +67,17 @@ impl Applier {
         shared: Arc<Shared>,
         rx: Receiver<ApplyTask>,
         applied: u64,
-        dir: PathBuf,
-        map_size_mb: u64,
-        snapshot_entries: u64,
+        settings: ApplySettings,
     ) -> Applier {
         Applier {
             shared,
             rx,
             applied,
             reads: BTreeMap::new(),
-            dir,
-            map_size_mb,
-            snapshot_entries,
+            dir: settings.dir,
+            map_size_mb: settings.map_size_mb,
+            snapshot_entries: settings.snapshot_entries,
+            watch_retain: settings.watch_retain,
             last_snapshot: applied,
         }
     }
@@ -143,6 +157,11 @@ impl Applier {
                         .entries_applied
                         .fetch_add(newly, Ordering::Relaxed);
                     self.shared.waiters.complete_all(done);
+                    self.shared.apply_batches.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .apply_batch_max
+                        .fetch_max(newly, Ordering::Relaxed);
+                    self.shared.notify_applied();
                     self.maybe_snapshot();
                     return Ok(());
                 }
@@ -180,6 +199,7 @@ impl Applier {
                 "committed entries must apply without gaps (applied {})",
                 txn.applied()
             );
+            txn.begin_entry(e.index, self.watch_retain > 0);
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => self.apply_command(&mut txn, e, done)?,
@@ -195,6 +215,11 @@ impl Applier {
             txn.set_applied(e.index, e.term);
             if before / SESSION_SWEEP_ENTRIES != e.index / SESSION_SWEEP_ENTRIES {
                 txn.expire_sessions(e.index)?;
+            }
+            if self.watch_retain > 0
+                && before / CHANGES_PRUNE_ENTRIES != e.index / CHANGES_PRUNE_ENTRIES
+            {
+                txn.prune_changes(e.index.saturating_sub(self.watch_retain))?;
             }
         }
         let applied = txn.applied();
@@ -237,17 +262,7 @@ impl Applier {
             }
             Dedup::New => {}
         }
-        let code = match cmd.op {
-            Op::Noop => codes::OK,
-            Op::Put { key, value } => {
-                txn.put(key, value)?;
-                codes::OK
-            }
-            Op::Delete { key } => {
-                txn.delete(key)?;
-                codes::OK
-            }
-        };
+        let code = super::execute::execute(txn, &cmd.op)?;
         txn.record_result(cmd.client_id, cmd.seq, code)?;
         if mine {
             done.push((cmd.seq, outcome_of(code)));
@@ -370,6 +385,10 @@ fn outcome_of(code: i32) -> Outcome {
         codes::OK => Ok(()),
         codes::CAS_FAILED => Err(Error::CasFailed),
         codes::NOT_FOUND => Err(Error::NotFound),
+        codes::INVALID_ARG => Err(Error::invalid(format!(
+            "the value would exceed {} bytes",
+            crate::config::VALUE_BYTES_MAX
+        ))),
         other => Err(Error::Io(format!("request failed with code {other}"))),
     }
 }

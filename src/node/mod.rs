@@ -5,12 +5,13 @@
 //! - [`waiters`]: callers blocked on a proposal, completed by the apply thread.
 
 pub mod apply;
+pub mod execute;
 pub mod host;
 pub mod raft_loop;
 pub mod waiters;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crossbeam::channel::Sender;
 use raft::eraftpb::{ConfChange, ConfState, Entry, Message};
@@ -34,6 +35,8 @@ pub enum RaftMsg {
     Read {
         /// Completed with `Ok` when reading locally is linearizable.
         reply: Sender<Result<()>>,
+        /// A leader holding a valid lease may answer without a quorum round.
+        lease: bool,
     },
     /// A message from a peer.
     Step(Message),
@@ -187,6 +190,22 @@ pub struct Shared {
     pub removed: AtomicBool,
     /// Why a peer last refused this replica, if one did.
     pub refusal: Mutex<Option<String>>,
+    /// Apply batches committed since open.
+    pub apply_batches: AtomicU64,
+    /// Largest apply batch, in entries.
+    pub apply_batch_max: AtomicU64,
+    /// Proposals handed to raft since open.
+    pub proposals: AtomicU64,
+    /// Proposals per second over the last second (f64 bits).
+    pub proposal_rate: AtomicU64,
+    /// Bytes of the log environment on disk.
+    pub log_bytes: AtomicU64,
+    /// Per-peer replication progress, published by the leader's raft thread.
+    pub progress: Mutex<Vec<crate::replica::PeerProgress>>,
+    /// Signalled whenever the applied index moves (watchers wait on it).
+    pub applied_signal: Condvar,
+    /// Lock paired with `applied_signal`.
+    pub applied_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -226,6 +245,23 @@ impl Shared {
         drop(f);
         self.stopping.store(true, Ordering::SeqCst);
         self.waiters.fail_all(&e);
+    }
+
+    /// Wakes every watcher waiting for the applied index to move.
+    pub fn notify_applied(&self) {
+        let _g = self.applied_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.applied_signal.notify_all();
+    }
+
+    /// Waits until the applied index moves past `seen`, or `timeout` passes.
+    pub fn wait_applied(&self, seen: u64, timeout: std::time::Duration) {
+        let g = self.applied_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.applied_index.load(Ordering::Acquire) > seen
+            || self.stopping.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let _ = self.applied_signal.wait_timeout(g, timeout);
     }
 
     /// Remembers that a peer refused this replica (reported when requests cannot complete).

@@ -1,13 +1,16 @@
 //! The Rust API: [`Replica`], one member of a kvr cluster hosted in this process.
 
+mod data;
 mod membership;
 mod open;
+mod stats;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,7 @@ use slog::Drain;
 use crate::command::{Command, Op};
 use crate::config::{Config, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::error::{Error, Result};
-use crate::node::apply::Applier;
+use crate::node::apply::{Applier, ApplySettings};
 use crate::node::host::NodeHost;
 use crate::node::raft_loop::{RaftLoop, Timing};
 use crate::node::{waiters::Waiters, RaftMsg, Role, Shared};
@@ -29,7 +32,10 @@ use crate::storage::DirLock;
 use crate::transport::listener::Listener;
 use crate::transport::{Host, Transport, TransportConfig, TransportStats};
 
+pub use data::{now_ms, BatchWrite, ScanRange};
 pub use membership::{members_json, MemberInfo, MemberRole};
+pub use stats::PeerProgress;
+pub use watch::{Event, EventKind, Watch};
 
 /// Capacity of the raft thread's inbox.
 const INBOX_LEN: usize = 8192;
@@ -48,6 +54,10 @@ pub enum ReadConsistency {
     /// Linearizable through Raft ReadIndex (default).
     #[default]
     Linearizable,
+    /// Served by the leader from its lease without a round trip while the lease (renewed by
+    /// quorum contact, shorter than the election timeout) holds; otherwise like
+    /// `Linearizable`. Relies on bounded clock drift; followers always use ReadIndex.
+    Lease,
     /// Straight from the local state machine: no Raft round trip, may be stale.
     Stale,
 }
@@ -189,14 +199,13 @@ impl Replica {
             Some(t)
         };
 
-        let applier = Applier::new(
-            shared.clone(),
-            apply_rx,
-            applied,
-            cfg.dir.clone(),
-            cfg.map_size_mb,
-            cfg.snapshot_entries,
-        );
+        let settings = ApplySettings {
+            dir: cfg.dir.clone(),
+            map_size_mb: cfg.map_size_mb,
+            snapshot_entries: cfg.snapshot_entries,
+            watch_retain: cfg.watch_retain_entries,
+        };
+        let applier = Applier::new(shared.clone(), apply_rx, applied, settings);
         threads.apply = Some(spawn(
             format!("kvr-apply-{}", cfg.node_id),
             shared.clone(),
@@ -242,35 +251,6 @@ impl Replica {
         &self.cfg
     }
 
-    /// Sets `key` to `value`. Returns once the write is committed by a majority (on disk) and
-    /// applied on this replica.
-    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        check_key(key)?;
-        check_value(value)?;
-        self.propose(Op::Put { key, value })
-    }
-
-    /// Removes `key` (absent is not an error). Same guarantees as [`Replica::put`].
-    pub fn delete(&self, key: &[u8]) -> Result<()> {
-        check_key(key)?;
-        self.propose(Op::Delete { key })
-    }
-
-    /// Reads `key` linearizably; `Ok(None)` when absent.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.get_with(key, ReadConsistency::Linearizable)
-    }
-
-    /// Reads `key` with the given consistency.
-    pub fn get_with(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
-        check_key(key)?;
-        self.check_open()?;
-        if consistency == ReadConsistency::Linearizable {
-            self.read_barrier()?;
-        }
-        self.shared.state_machine()?.get(key)
-    }
-
     /// `(applied_index, keys, digest)` of this replica's user data, read locally in one read
     /// txn. Replicas at the same applied index must have the same digest.
     pub fn digest(&self) -> Result<(u64, u64, u64)> {
@@ -309,6 +289,7 @@ impl Replica {
             return Ok(());
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.notify_applied();
         let _ = self.inbox.try_send(RaftMsg::Shutdown);
         let mut t = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = t.listener.as_mut() {
@@ -435,6 +416,20 @@ impl Replica {
 
     /// Waits until reading the local state machine is linearizable.
     fn read_barrier(&self) -> Result<()> {
+        self.read_barrier_with(false)
+    }
+
+    /// Waits until reading the local state machine gives `consistency`.
+    fn wait_readable(&self, consistency: ReadConsistency) -> Result<()> {
+        match consistency {
+            ReadConsistency::Linearizable => self.read_barrier_with(false),
+            ReadConsistency::Lease => self.read_barrier_with(true),
+            ReadConsistency::Stale => Ok(()),
+        }
+    }
+
+    /// Waits until reading locally is linearizable; `lease` lets a leader answer from its lease.
+    fn read_barrier_with(&self, lease: bool) -> Result<()> {
         let deadline = Instant::now() + self.timeout();
         let mut last_err = Error::Timeout;
         loop {
@@ -443,7 +438,7 @@ impl Replica {
                 return Err(self.explain(last_err));
             }
             let (tx, rx) = channel::bounded(1);
-            self.send_to_raft(RaftMsg::Read { reply: tx }, deadline)?;
+            self.send_to_raft(RaftMsg::Read { reply: tx, lease }, deadline)?;
             match rx.recv_deadline(deadline) {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(Error::NoLeader)) => {
@@ -503,6 +498,14 @@ fn new_shared(
         snapshots_installed: AtomicU64::new(0),
         removed: AtomicBool::new(removed),
         refusal: Mutex::new(None),
+        apply_batches: AtomicU64::new(0),
+        apply_batch_max: AtomicU64::new(0),
+        proposals: AtomicU64::new(0),
+        proposal_rate: AtomicU64::new(0),
+        log_bytes: AtomicU64::new(log.disk_bytes()),
+        progress: Mutex::new(Vec::new()),
+        applied_signal: Condvar::new(),
+        applied_lock: Mutex::new(()),
     })
 }
 

@@ -1,5 +1,8 @@
 //! Opening a replica directory: lock it, open both environments, initialize a new replica
-//! (founding member or joiner) or reconcile an existing one.
+//! (founding member, joiner, or founding member seeded from a backup) or reconcile an
+//! existing one.
+
+use std::fs;
 
 use raft::eraftpb::ConfState;
 
@@ -24,13 +27,20 @@ pub(super) fn open_dir(cfg: &Config) -> Result<OnDisk> {
     let lock = DirLock::acquire(&cfg.dir)?;
     storage::remove_stale_dirs(&cfg.dir)?;
     let mut log = LogStore::open(&cfg.dir.join("log"), cfg.map_size_mb)?;
-    let sm = StateMachine::open(&storage::current_data_dir(&cfg.dir)?, cfg.map_size_mb)?;
+    let data_dir = storage::current_data_dir(&cfg.dir)?;
+    let fresh = log.identity()?.is_none() && log.is_empty();
+    if fresh {
+        if let Some(backup) = &cfg.restore_from {
+            seed_from_backup(backup, &data_dir)?;
+        }
+    }
+    let sm = StateMachine::open(&data_dir, cfg.map_size_mb)?;
     let identity = match log.identity()? {
         Some(id) => {
             check_identity(cfg, &id)?;
             id
         }
-        None if log.is_empty() => initialize(cfg, &mut log, &sm)?,
+        None if fresh => initialize(cfg, &mut log, &sm)?,
         None => {
             return Err(Error::Corrupt(format!(
                 "{} has a log but no identity",
@@ -68,9 +78,27 @@ fn check_identity(cfg: &Config, id: &Identity) -> Result<()> {
     Ok(())
 }
 
+/// Copies a backup file into the (not yet created) state-machine directory.
+fn seed_from_backup(backup: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
+    if data_dir.join("data.mdb").exists() {
+        return Err(Error::invalid(format!(
+            "{} already holds a state machine",
+            data_dir.display()
+        )));
+    }
+    fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join("data.mdb.restore");
+    fs::copy(backup, &tmp)
+        .map_err(|e| Error::Io(format!("cannot copy backup {}: {e}", backup.display())))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, data_dir.join("data.mdb"))?;
+    Ok(())
+}
+
 /// Initializes a new replica. A founding member writes the initial membership into the state
 /// machine first (idempotently), then the log's identity and starting point in one txn; a
-/// joiner only gets an identity and waits for a snapshot from the cluster.
+/// joiner only gets an identity and waits for a snapshot from the cluster. A founding member
+/// seeded from a backup starts at the backup's applied index with the configured membership.
 fn initialize(cfg: &Config, log: &mut LogStore, sm: &StateMachine) -> Result<Identity> {
     let id = Identity {
         cluster_id: cfg.cluster_id,
@@ -94,22 +122,37 @@ fn initialize(cfg: &Config, log: &mut LogStore, sm: &StateMachine) -> Result<Ide
         voters,
         ..ConfState::default()
     };
-    if sm.applied()? == (0, 0) {
+    let (applied, applied_term) = sm.applied()?;
+    let restored = cfg.restore_from.is_some();
+    if applied == 0 || restored {
         let mut txn = sm.begin()?;
         txn.set_conf_state(&cs)?;
+        txn.reset_members()?;
         for (id, addr) in &cfg.peers {
             txn.set_member(*id, addr)?;
         }
         if cfg.peers.is_empty() {
             txn.set_member(cfg.node_id, cfg.listen_addr().unwrap_or(""))?;
         }
-        txn.set_applied(INIT_INDEX, INIT_TERM);
+        if applied == 0 {
+            txn.set_applied(INIT_INDEX, INIT_TERM);
+        }
         txn.commit()?;
     }
-    log.initialize(id, Some(cs))?;
+    let (index, term) = if restored && applied > 0 {
+        (applied, applied_term)
+    } else {
+        (INIT_INDEX, INIT_TERM)
+    };
+    log.initialize(id, Some((cs, index, term)))?;
     log::info!(
-        "node {}: new cluster member, bootstrapped with {} voters",
+        "node {}: new cluster member at index {index}{}, {} voters",
         cfg.node_id,
+        if restored {
+            " (restored from a backup)"
+        } else {
+            ""
+        },
         cfg.peers.len().max(1)
     );
     Ok(id)

@@ -150,10 +150,15 @@ impl LogStore {
         Ok(())
     }
 
-    /// Gives a fresh log its identity and, for a founding member, its starting point, in one
-    /// durable txn: a log has an identity exactly when it has been initialized. A replica
-    /// that joins an existing cluster passes no membership and waits for a snapshot.
-    pub fn initialize(&mut self, id: Identity, founding: Option<ConfState>) -> Result<()> {
+    /// Gives a fresh log its identity and, for a founding member, its starting point `(index,
+    /// term)` and membership, in one durable txn: a log has an identity exactly when it has
+    /// been initialized. A replica that joins an existing cluster passes no starting point and
+    /// waits for a snapshot.
+    pub fn initialize(
+        &mut self,
+        id: Identity,
+        founding: Option<(ConfState, u64, u64)>,
+    ) -> Result<()> {
         assert!(self.is_empty(), "initialize on a non-empty log");
         let mut b = Vec::with_capacity(24);
         for w in [id.cluster_id, id.node_id, id.incarnation] {
@@ -161,25 +166,27 @@ impl LogStore {
         }
         let mut wtxn = self.env.write_txn()?;
         self.meta_db.put(&mut wtxn, "identity", &b)?;
-        let hs = HardState {
-            term: INIT_TERM,
-            commit: INIT_INDEX,
-            ..HardState::default()
-        };
-        if founding.is_some() {
+        let mut start = None;
+        if let Some((cs, index, term)) = founding {
+            let hs = HardState {
+                term,
+                commit: index,
+                ..HardState::default()
+            };
             self.meta_db
-                .put(&mut wtxn, "truncated", &encode_pair(INIT_INDEX, INIT_TERM))?;
+                .put(&mut wtxn, "truncated", &encode_pair(index, term))?;
             self.meta_db.put(
                 &mut wtxn,
                 "hard_state",
                 &hs.write_to_bytes().map_err(pb_err)?,
             )?;
+            start = Some((cs, index, term, hs));
         }
         wtxn.commit()?;
-        if let Some(cs) = founding {
-            self.truncated_index = INIT_INDEX;
-            self.truncated_term = INIT_TERM;
-            self.last_index = INIT_INDEX;
+        if let Some((cs, index, term, hs)) = start {
+            self.truncated_index = index;
+            self.truncated_term = term;
+            self.last_index = index;
             self.hard_state = hs;
             self.conf_state = cs;
         }

@@ -20,7 +20,7 @@ use heed::types::Bytes;
 use heed::{Database, PutFlags, RoTxn, WithoutTls};
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
-use super::state_machine::{StateMachine, DB_NAMES};
+use super::state_machine::{StateMachine, DB_COUNT, DB_NAMES};
 use crate::error::{Error, Result};
 
 /// Target size of one snapshot chunk.
@@ -40,7 +40,7 @@ pub struct Outgoing {
     /// Term of that index.
     pub term: u64,
     txn: RoTxn<'static, WithoutTls>,
-    dbs: [Database<Bytes, Bytes>; 6],
+    dbs: [Database<Bytes, Bytes>; DB_COUNT],
 }
 
 /// Outgoing snapshots created by raft-rs (through `Storage::snapshot`) and not yet sent.
@@ -164,7 +164,7 @@ impl Outgoing {
 /// A snapshot being received into a staging environment.
 pub struct Stage {
     sm: Option<StateMachine>,
-    dbs: [Database<Bytes, Bytes>; 6],
+    dbs: [Database<Bytes, Bytes>; DB_COUNT],
     path: PathBuf,
     index: u64,
     term: u64,

@@ -28,6 +28,8 @@ use crate::storage::log_store::LogStore;
 use crate::storage::snapshot::Staged;
 use crate::transport::Transport;
 
+mod periodic;
+
 /// A caller waiting for a linearizable read to be possible.
 type ReadWaiter = Sender<Result<()>>;
 
@@ -60,6 +62,15 @@ pub struct RaftLoop {
     applied_seen: u64,
     staged: HashMap<(u64, u64), Staged>,
     compaction_margin: u64,
+    /// Reads that may be answered from the leader's lease.
+    pending_lease_reads: Vec<ReadWaiter>,
+    /// Until when this leader may answer lease reads without a quorum round.
+    lease_until: Option<Instant>,
+    /// How long a confirmed quorum contact keeps the lease.
+    lease_duration: Duration,
+    /// When a lease read last arrived (the lease is renewed ahead of time while they do).
+    lease_wanted: Option<Instant>,
+    periodic: periodic::Periodic,
 }
 
 impl RaftLoop {
@@ -87,6 +98,13 @@ impl RaftLoop {
             applied_seen,
             staged: HashMap::new(),
             compaction_margin: timing.compaction_margin,
+            pending_lease_reads: Vec::new(),
+            lease_until: None,
+            // Followers do not vote for another leader until an election timeout after they
+            // last heard from this one; keep a fifth of it as margin for clock drift.
+            lease_duration: timing.election_timeout * 4 / 5,
+            lease_wanted: None,
+            periodic: periodic::Periodic::default(),
         }
     }
 
@@ -122,7 +140,7 @@ impl RaftLoop {
             if now >= next_tick {
                 self.raw.tick();
                 self.expire_reads(now);
-                if let Err(e) = self.maybe_compact() {
+                if let Err(e) = self.on_tick(now) {
                     self.shared.fail(e);
                     break;
                 }
@@ -147,11 +165,19 @@ impl RaftLoop {
     fn handle(&mut self, m: RaftMsg) -> bool {
         match m {
             RaftMsg::Propose { seq, data } => {
+                self.shared.proposals.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.raw.propose(Vec::new(), data) {
                     self.shared.waiters.notify(seq, Err(Error::from(e)));
                 }
             }
-            RaftMsg::Read { reply } => self.pending_reads.push(reply),
+            RaftMsg::Read {
+                reply,
+                lease: false,
+            } => self.pending_reads.push(reply),
+            RaftMsg::Read { reply, lease: true } => {
+                self.lease_wanted = Some(Instant::now());
+                self.pending_lease_reads.push(reply);
+            }
             RaftMsg::Step(msg) => {
                 if let Err(e) = self.raw.step(msg) {
                     log::debug!("node {}: step: {e}", self.shared.node_id);
@@ -221,24 +247,6 @@ impl RaftLoop {
         }
     }
 
-    /// Drops log entries below the last durable snapshot point, keeping a margin for
-    /// followers that are a little behind.
-    fn maybe_compact(&mut self) -> Result<()> {
-        let snap = self.shared.snapshot_index.load(Ordering::Acquire);
-        let target = snap
-            .saturating_sub(self.compaction_margin)
-            .min(self.raw.raft.raft_log.applied);
-        let store = self.raw.mut_store();
-        if target > store.truncated_index() && target <= store.last_index_now() {
-            store.compact(target)?;
-            log::debug!(
-                "node {}: log compacted through {target}",
-                self.shared.node_id
-            );
-        }
-        Ok(())
-    }
-
     fn drain_inbox(&mut self) -> bool {
         for _ in 0..INBOX_BATCH_MAX {
             match self.inbox.try_recv() {
@@ -253,8 +261,21 @@ impl RaftLoop {
         false
     }
 
-    /// Turns the reads that arrived in this iteration into one ReadIndex request.
+    /// Answers lease reads from a valid lease, and turns the other reads that arrived in this
+    /// iteration into one ReadIndex request.
     fn flush_reads(&mut self) {
+        if !self.pending_lease_reads.is_empty() {
+            let lease_reads = std::mem::take(&mut self.pending_lease_reads);
+            if self.lease_valid(Instant::now()) {
+                let index = self.raw.raft.raft_log.committed;
+                let _ = self.apply_tx.send(ApplyTask::ReadIndex {
+                    index,
+                    waiters: lease_reads,
+                });
+            } else {
+                self.pending_reads.extend(lease_reads);
+            }
+        }
         if self.pending_reads.is_empty() {
             return;
         }
@@ -265,10 +286,25 @@ impl RaftLoop {
             }
             return;
         }
+        self.request_read_index(waiters);
+    }
+
+    fn request_read_index(&mut self, waiters: Vec<ReadWaiter>) {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         self.raw.read_index(ctx.to_le_bytes().to_vec());
         self.read_batches.insert(ctx, (Instant::now(), waiters));
+    }
+
+    /// True when this leader may serve a read from its lease: a quorum confirmed its
+    /// leadership recently enough, no leadership transfer is under way (the transferee may
+    /// campaign at once), and it has committed an entry of its own term.
+    fn lease_valid(&self, now: Instant) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Leader
+            && r.lead_transferee.is_none()
+            && self.lease_until.is_some_and(|until| now < until)
+            && r.raft_log.term(r.raft_log.committed).ok() == Some(r.term)
     }
 
     /// Drops read batches raft silently lost (leader change); their callers retry.
@@ -353,6 +389,9 @@ impl RaftLoop {
     }
 
     fn on_soft_state(&mut self, leader: u64) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.lease_until = None;
+        }
         let old = self.shared.leader_id.swap(leader, Ordering::Relaxed);
         if old != leader {
             log::info!(
@@ -453,7 +492,16 @@ impl RaftLoop {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            if let Some((_, waiters)) = self.read_batches.remove(&u64::from_le_bytes(ctx)) {
+            let Some((issued, waiters)) = self.read_batches.remove(&u64::from_le_bytes(ctx)) else {
+                continue;
+            };
+            if self.raw.raft.state == StateRole::Leader {
+                // A quorum answered after `issued`: none of them votes for another leader
+                // before an election timeout from then.
+                let until = issued + self.lease_duration;
+                self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+            }
+            if !waiters.is_empty() {
                 let _ = self.apply_tx.send(ApplyTask::ReadIndex {
                     index: rs.index,
                     waiters,

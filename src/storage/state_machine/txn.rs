@@ -1,0 +1,317 @@
+//! [`ApplyTxn`]: the write transaction of one apply batch.
+
+use std::ops::Bound;
+
+use heed::RwTxn;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::ConfState;
+
+use super::{change, change_key, decode_u64, StateMachine, SESSION_EXPIRY_ENTRIES};
+use crate::error::{Error, Result};
+
+/// What the dedup table says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedup {
+    /// Not applied before: apply it.
+    New,
+    /// Already applied (with this result code, when still known): skip it.
+    Duplicate(Option<i32>),
+}
+
+/// What a write does to the key's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlChange {
+    /// Leave it as it is.
+    Keep,
+    /// Remove it: the key no longer expires.
+    Clear,
+    /// Set it to this Unix-ms deadline.
+    Set(u64),
+}
+
+/// One apply batch: every change plus the new applied index, committed atomically.
+pub struct ApplyTxn<'a> {
+    sm: &'a StateMachine,
+    txn: RwTxn<'a>,
+    applied: u64,
+    applied_term: u64,
+    /// Entry whose changes are being recorded, and how many it made so far.
+    entry: (u64, u32),
+    /// Changes are recorded only when the watch window is not zero.
+    record_changes: bool,
+}
+
+impl<'a> ApplyTxn<'a> {
+    pub(super) fn begin(sm: &'a StateMachine) -> Result<ApplyTxn<'a>> {
+        let txn = sm.env.write_txn()?;
+        let (applied, applied_term) = sm.applied_at(&txn)?;
+        Ok(ApplyTxn {
+            sm,
+            txn,
+            applied,
+            applied_term,
+            entry: (0, 0),
+            record_changes: false,
+        })
+    }
+
+    /// Applied index as of this txn (including entries applied in it so far).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Starts recording changes for entry `index` (or stops, when `record` is false).
+    pub fn begin_entry(&mut self, index: u64, record: bool) {
+        self.entry = (index, 0);
+        self.record_changes = record;
+    }
+
+    /// Sets a key and adjusts its deadline.
+    pub fn put(&mut self, key: &[u8], value: &[u8], ttl: TtlChange) -> Result<()> {
+        self.sm.kv.put(&mut self.txn, key, value)?;
+        match ttl {
+            TtlChange::Keep => {}
+            TtlChange::Clear => self.clear_ttl(key)?,
+            TtlChange::Set(at) => {
+                self.clear_ttl(key)?;
+                self.sm.ttl.put(&mut self.txn, key, &at.to_le_bytes())?;
+                self.sm
+                    .expiry
+                    .put(&mut self.txn, &expiry_key(at, key), &[])?;
+            }
+        }
+        self.record(change::PUT, key, value)
+    }
+
+    /// Removes a key; returns whether it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let existed = self.sm.kv.delete(&mut self.txn, key)?;
+        self.clear_ttl(key)?;
+        if existed {
+            self.record(change::DELETE, key, &[])?;
+        }
+        Ok(existed)
+    }
+
+    /// Removes `key` if its deadline is still `at`; returns whether it did.
+    pub fn expire(&mut self, key: &[u8], at: u64) -> Result<bool> {
+        match self.sm.ttl.get(&self.txn, key)? {
+            Some(b) if decode_u64(b)? == at => {}
+            _ => return Ok(false),
+        }
+        self.sm.kv.delete(&mut self.txn, key)?;
+        self.clear_ttl(key)?;
+        self.record(change::EXPIRE, key, &[])?;
+        Ok(true)
+    }
+
+    /// Reads a key inside this txn; a key whose deadline is at or before `now_ms` reads as
+    /// absent (`now_ms` comes from the log, so every replica decides alike).
+    pub fn get_live(&self, key: &[u8], now_ms: u64) -> Result<Option<&[u8]>> {
+        let Some(v) = self.sm.kv.get(&self.txn, key)? else {
+            return Ok(None);
+        };
+        if let Some(b) = self.sm.ttl.get(&self.txn, key)? {
+            if decode_u64(b)? <= now_ms {
+                return Ok(None);
+            }
+        }
+        Ok(Some(v))
+    }
+
+    fn clear_ttl(&mut self, key: &[u8]) -> Result<()> {
+        if self.sm.ttl.is_empty(&self.txn)? {
+            return Ok(());
+        }
+        if let Some(b) = self.sm.ttl.get(&self.txn, key)? {
+            let at = decode_u64(b)?;
+            self.sm.ttl.delete(&mut self.txn, key)?;
+            self.sm.expiry.delete(&mut self.txn, &expiry_key(at, key))?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, op: u8, key: &[u8], value: &[u8]) -> Result<()> {
+        if !self.record_changes {
+            return Ok(());
+        }
+        let (index, n) = self.entry;
+        let mut v = Vec::with_capacity(5 + key.len() + value.len());
+        v.push(op);
+        v.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        v.extend_from_slice(key);
+        v.extend_from_slice(value);
+        self.sm
+            .changes
+            .put(&mut self.txn, &change_key(index, n), &v)?;
+        self.entry.1 += 1;
+        Ok(())
+    }
+
+    /// Drops changes of entries before `floor` and remembers the new floor of the window.
+    pub fn prune_changes(&mut self, floor: u64) -> Result<()> {
+        let end = change_key(floor, 0);
+        self.sm.changes.delete_range(
+            &mut self.txn,
+            &(Bound::Unbounded, Bound::Excluded(&end[..])),
+        )?;
+        self.sm
+            .meta
+            .put(&mut self.txn, "changes_floor", &floor.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Records that entry `(index, term)` has been applied.
+    ///
+    /// # Panics
+    /// If `index` does not follow the applied index: entries are applied once, in order.
+    pub fn set_applied(&mut self, index: u64, term: u64) {
+        assert!(
+            index > self.applied,
+            "apply of entry {index} at or below applied index {}",
+            self.applied
+        );
+        self.applied = index;
+        self.applied_term = term;
+    }
+
+    /// Records the address of a member.
+    pub fn set_member(&mut self, id: u64, addr: &str) -> Result<()> {
+        self.sm.members.put(&mut self.txn, &id, addr.as_bytes())?;
+        Ok(())
+    }
+
+    /// Forgets every member address and removed id (a new cluster seeded from a backup).
+    pub fn reset_members(&mut self) -> Result<()> {
+        self.sm.members.clear(&mut self.txn)?;
+        self.sm.removed.clear(&mut self.txn)?;
+        Ok(())
+    }
+
+    /// Forgets a member's address and remembers that its id was removed.
+    pub fn remove_member(&mut self, id: u64, index: u64) -> Result<()> {
+        self.sm.members.delete(&mut self.txn, &id)?;
+        self.sm
+            .removed
+            .put(&mut self.txn, &id, &index.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Stores the membership as of the entry being applied.
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
+        let b = cs
+            .write_to_bytes()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.sm.meta.put(&mut self.txn, "conf_state", &b)?;
+        Ok(())
+    }
+
+    /// Checks `(client_id, seq)` against the dedup table and advances the session's watermark.
+    /// `seq == 0` opts out of dedup.
+    pub fn check_session(
+        &mut self,
+        client_id: u64,
+        seq: u64,
+        watermark: u64,
+        index: u64,
+    ) -> Result<Dedup> {
+        if seq == 0 {
+            return Ok(Dedup::New);
+        }
+        let (mut wm, _) = self.session(client_id)?;
+        let verdict = if seq < wm {
+            Dedup::Duplicate(None)
+        } else if let Some(b) = self.sm.dedup.get(&self.txn, &dedup_key(client_id, seq))? {
+            Dedup::Duplicate(b.first().map(|&c| i32::from(c as i8)))
+        } else {
+            Dedup::New
+        };
+        if watermark > wm {
+            let from = dedup_key(client_id, wm);
+            let to = dedup_key(client_id, watermark);
+            let range = (Bound::Included(&from[..]), Bound::Excluded(&to[..]));
+            self.sm.dedup.delete_range(&mut self.txn, &range)?;
+            wm = watermark;
+        }
+        self.put_session(client_id, wm, index)?;
+        Ok(verdict)
+    }
+
+    /// Remembers the result code of an applied request.
+    pub fn record_result(&mut self, client_id: u64, seq: u64, code: i32) -> Result<()> {
+        if seq != 0 {
+            let b = [code as i8 as u8];
+            self.sm
+                .dedup
+                .put(&mut self.txn, &dedup_key(client_id, seq), &b)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets sessions idle for more than [`SESSION_EXPIRY_ENTRIES`] as of `index`.
+    pub fn expire_sessions(&mut self, index: u64) -> Result<usize> {
+        let Some(horizon) = index.checked_sub(SESSION_EXPIRY_ENTRIES) else {
+            return Ok(0);
+        };
+        let mut expired = Vec::new();
+        for item in self.sm.sessions.iter(&self.txn)? {
+            let (client, b) = item?;
+            let (_, last) = decode_session(b)?;
+            if last < horizon {
+                expired.push(client);
+            }
+        }
+        for &client in &expired {
+            self.sm.sessions.delete(&mut self.txn, &client)?;
+            let from = dedup_key(client, 0);
+            let to = dedup_key(client, u64::MAX);
+            let range = (Bound::Included(&from[..]), Bound::Included(&to[..]));
+            self.sm.dedup.delete_range(&mut self.txn, &range)?;
+        }
+        Ok(expired.len())
+    }
+
+    fn session(&self, client_id: u64) -> Result<(u64, u64)> {
+        match self.sm.sessions.get(&self.txn, &client_id)? {
+            None => Ok((0, 0)),
+            Some(b) => decode_session(b),
+        }
+    }
+
+    fn put_session(&mut self, client_id: u64, watermark: u64, last: u64) -> Result<()> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&watermark.to_le_bytes());
+        b[8..].copy_from_slice(&last.to_le_bytes());
+        self.sm.sessions.put(&mut self.txn, &client_id, &b)?;
+        Ok(())
+    }
+
+    /// Writes the applied index and commits everything.
+    pub fn commit(mut self) -> Result<()> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.applied.to_le_bytes());
+        b[8..].copy_from_slice(&self.applied_term.to_le_bytes());
+        self.sm.meta.put(&mut self.txn, "applied", &b)?;
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+fn expiry_key(at: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn dedup_key(client_id: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&client_id.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn decode_session(b: &[u8]) -> Result<(u64, u64)> {
+    super::decode_pair(b)
+        .ok_or_else(|| Error::Corrupt("session record has the wrong length".into()))
+}
