@@ -37,20 +37,20 @@ const LEADER_POLL: Duration = Duration::from_millis(50);
 /// A running cluster. Dropping it kills the children.
 pub struct Cluster {
     store: Option<Store>,
-    children: Vec<Replica>,
+    children: Vec<ChildReplica>,
     /// The leader once the cluster first committed a write.
     pub leader: u64,
 }
 
 /// One child replica process.
-struct Replica {
+struct ChildReplica {
     id: u64,
     proc: Child,
     stdin: Option<ChildStdin>,
     log: PathBuf,
 }
 
-impl Drop for Replica {
+impl Drop for ChildReplica {
     fn drop(&mut self) {
         drop(self.stdin.take());
         let _ = self.proc.kill();
@@ -201,7 +201,7 @@ fn peer_list(ports: &[u16]) -> String {
 
 /// Starts `kvr` for replica `id`; stdin stays open (the CLI exits on EOF), output goes to
 /// `dir/<id>.log`.
-fn spawn_replica(kvr_bin: &Path, id: u64, dir: &Path, peers: &str) -> Result<Replica, String> {
+fn spawn_replica(kvr_bin: &Path, id: u64, dir: &Path, peers: &str) -> Result<ChildReplica, String> {
     let log = dir.join(format!("{id}.log"));
     let out = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| format!("dup log: {e}"))?;
@@ -222,7 +222,7 @@ fn spawn_replica(kvr_bin: &Path, id: u64, dir: &Path, peers: &str) -> Result<Rep
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", kvr_bin.display()))?;
     let stdin = proc.stdin.take();
-    Ok(Replica {
+    Ok(ChildReplica {
         id,
         proc,
         stdin,
