@@ -90,6 +90,13 @@ impl Json {
         self
     }
 
+    /// Writes `null`.
+    pub fn null(&mut self) -> &mut Self {
+        self.sep();
+        self.out.push_str("null");
+        self
+    }
+
     /// Writes a boolean.
     pub fn bool(&mut self, v: bool) -> &mut Self {
         self.sep();

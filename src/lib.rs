@@ -50,7 +50,10 @@ pub mod transport;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use node::Role;
-pub use replica::{MemberInfo, MemberRole, ReadConsistency, Replica, Status};
+pub use replica::{
+    BatchWrite, Event, EventKind, MemberInfo, MemberRole, ReadConsistency, Replica, ScanRange,
+    Status, Watch,
+};
 
 /// Major version.
 pub const VERSION_MAJOR: u32 = 0;

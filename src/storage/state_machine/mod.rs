@@ -254,9 +254,11 @@ impl StateMachine {
             Some(e) => Bound::Excluded(e),
             None => Bound::Unbounded,
         };
+        // LMDB cannot position on an empty key: an empty start means "from the first key".
+        let lower = if start.is_empty() { Bound::Unbounded } else { Bound::Included(start) };
         let has_ttl = !self.ttl.is_empty(&rtxn)?;
         let mut page = ScanPage::default();
-        for item in self.kv.range(&rtxn, &(Bound::Included(start), upper))? {
+        for item in self.kv.range(&rtxn, &(lower, upper))? {
             let (k, v) = item?;
             if page.items.len() == limit {
                 page.next = Some(k.to_vec());

@@ -12,6 +12,12 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+mod admin;
+mod data;
+
+pub use admin::*;
+pub use data::*;
+
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{self, AssertUnwindSafe};
@@ -55,6 +61,9 @@ pub const KVR_REFUSED: c_int = -13;
 
 /// Read consistency for `kvr_get_ex`: linearizable through Raft ReadIndex (the default).
 pub const KVR_READ_LINEARIZABLE: c_int = 0;
+/// Read consistency: a leader answers from its lease (no quorum round while the lease holds,
+/// assumes bounded clock drift); followers and leaders without a lease use ReadIndex.
+pub const KVR_READ_LEASE: c_int = 1;
 /// Read consistency for `kvr_get_ex`: local state machine, no Raft round trip; may be stale.
 pub const KVR_READ_STALE: c_int = 2;
 
@@ -421,11 +430,7 @@ pub unsafe extern "C" fn kvr_get_ex(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let consistency = match consistency {
-            KVR_READ_LINEARIZABLE => ReadConsistency::Linearizable,
-            KVR_READ_STALE => ReadConsistency::Stale,
-            other => return Err(Error::invalid(format!("unknown read consistency {other}"))),
-        };
+        let consistency = consistency_arg(consistency)?;
         // SAFETY: forwarded caller promise.
         let k = unsafe { key_arg(key, key_len)? };
         let v = r.get_with(k, consistency)?.ok_or(Error::NotFound)?;
@@ -434,6 +439,15 @@ pub unsafe extern "C" fn kvr_get_ex(
         unsafe { *out = buf };
         Ok(())
     })
+}
+
+fn consistency_arg(c: c_int) -> Result<ReadConsistency, Error> {
+    match c {
+        KVR_READ_LINEARIZABLE => Ok(ReadConsistency::Linearizable),
+        KVR_READ_LEASE => Ok(ReadConsistency::Lease),
+        KVR_READ_STALE => Ok(ReadConsistency::Stale),
+        other => Err(Error::invalid(format!("unknown read consistency {other}"))),
+    }
 }
 
 fn alloc_buf(v: &[u8]) -> Result<kvr_buf, Error> {
@@ -473,65 +487,6 @@ pub unsafe extern "C" fn kvr_buf_free(b: *mut kvr_buf) {
         b.ptr = ptr::null_mut();
         b.len = 0;
     }
-}
-
-/// Adds node `id`, listening on `addr` (`host:port`, NUL-terminated), as a voter, or promotes
-/// a learner. Callable on any replica; blocks until the change is committed and applied on
-/// this replica. The new replica is opened with option `join=true` on an empty directory.
-/// Codes: `KVR_OK`, `KVR_INVALID_ARG` (id 0, bad or NULL address, id removed before),
-/// `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
-#[no_mangle]
-pub unsafe extern "C" fn kvr_add_node(db: *mut kvr, id: u64, addr: *const c_char) -> c_int {
-    with_replica(db, |r| {
-        // SAFETY: forwarded caller promise of a NUL-terminated string.
-        let addr = unsafe { str_arg(addr, "addr")? };
-        r.add_node(id, addr)
-    })
-}
-
-/// Adds node `id`, listening on `addr`, as a learner (receives the log, does not vote).
-/// Same blocking and codes as `kvr_add_node`.
-#[no_mangle]
-pub unsafe extern "C" fn kvr_add_learner(db: *mut kvr, id: u64, addr: *const c_char) -> c_int {
-    with_replica(db, |r| {
-        // SAFETY: forwarded caller promise of a NUL-terminated string.
-        let addr = unsafe { str_arg(addr, "addr")? };
-        r.add_learner(id, addr)
-    })
-}
-
-/// Removes node `id` from the cluster (its id can never be reused). Removing the leader hands
-/// leadership to another voter first. Blocks until applied on this replica.
-/// Codes: `KVR_OK`, `KVR_INVALID_ARG` (not a member, or the only voter), `KVR_TIMEOUT`,
-/// `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
-#[no_mangle]
-pub unsafe extern "C" fn kvr_remove_node(db: *mut kvr, id: u64) -> c_int {
-    with_replica(db, |r| r.remove_node(id))
-}
-
-/// Asks the cluster to make node `id` the leader; blocks until this replica sees it lead.
-/// Codes: `KVR_OK`, `KVR_TIMEOUT`, `KVR_CLOSED`, `KVR_REMOVED`.
-#[no_mangle]
-pub unsafe extern "C" fn kvr_transfer_leader(db: *mut kvr, id: u64) -> c_int {
-    with_replica(db, |r| r.transfer_leader(id))
-}
-
-/// Lists the members, read linearizably, as JSON text (not NUL-terminated) in a new buffer:
-/// `[{"id":1,"addr":"127.0.0.1:7001","role":"voter"},...]` sorted by id; `role` is `voter` or
-/// `learner`. Free the buffer with `kvr_buf_free`.
-/// Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`.
-#[no_mangle]
-pub unsafe extern "C" fn kvr_members(db: *mut kvr, out: *mut kvr_buf) -> c_int {
-    with_replica(db, |r| {
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let text = crate::replica::members_json(&r.members()?);
-        let buf = alloc_buf(text.as_bytes())?;
-        // SAFETY: `out` is non-NULL and writable, by contract.
-        unsafe { *out = buf };
-        Ok(())
-    })
 }
 
 /// Fills `*out` with the replica's current state. Never blocks.

@@ -12,6 +12,8 @@
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
+mod data_cmds;
+
 use kvr::{Config, Error, ReadConsistency, Replica};
 
 const USAGE: &str = "\
@@ -120,8 +122,12 @@ fn execute(r: &Replica, line: &str) -> Option<String> {
     let reply = match cmd {
         "" => String::new(),
         "quit" | "exit" => return None,
-        "help" => "commands: put KEY VALUE | get KEY | sget KEY | delete KEY | status | members | \
-                   add ID ADDR | learner ID ADDR | remove ID | transfer ID | quit"
+        "help" => "commands: put KEY VALUE | putttl KEY TTL_MS VALUE | get KEY | lget KEY | \
+                   sget KEY | delete KEY | append KEY VALUE | cas KEY EXPECTED NEW | \
+                   casnew KEY NEW | batch put K V del K ... | scan START END LIMIT | \
+                   prefix PREFIX LIMIT | watch PREFIX FROM COUNT TIMEOUT_MS | status | stats | \
+                   digest | members | add ID ADDR | learner ID ADDR | remove ID | transfer ID | \
+                   backup PATH | fill PREFIX N [BYTES] [THREADS] | quit"
             .into(),
         "put" => match rest.split_once(char::is_whitespace) {
             Some((k, v)) => done(r.put(k.as_bytes(), v.trim_start().as_bytes())),
@@ -186,7 +192,10 @@ fn execute(r: &Replica, line: &str) -> Option<String> {
                 s.removed
             )
         }
-        other => format!("ERR unknown command {other:?} (try help)"),
+        other => match data_cmds::execute(r, other, rest) {
+            Some(reply) => reply,
+            None => format!("ERR unknown command {other:?} (try help)"),
+        },
     };
     Some(reply)
 }
