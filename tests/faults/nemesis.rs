@@ -1,0 +1,234 @@
+//! Faults, chosen and timed from a schedule's seed, applied while the clients run.
+//!
+//! An episode applies one or two faults of the schedule's kinds at once, holds them, then
+//! undoes them, followed by a quiet spell in which the cluster may recover.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::cluster::Cluster;
+use super::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// kill -9 one or more replicas (sometimes the leader), restart them later.
+    Kill,
+    /// SIGSTOP a replica (sometimes the leader), SIGCONT later.
+    Pause,
+    /// Split the cluster into a majority and a minority.
+    Partition,
+    /// Isolate the leader, fully or in one direction only.
+    LeaderIsolation,
+    /// Drop and delay Raft messages on every link.
+    Degrade,
+    /// Move leadership to another replica.
+    Transfer,
+}
+
+pub const KINDS: [Kind; 6] = [
+    Kind::Kill,
+    Kind::Pause,
+    Kind::Partition,
+    Kind::LeaderIsolation,
+    Kind::Degrade,
+    Kind::Transfer,
+];
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Partition => "partition",
+            Kind::LeaderIsolation => "leader-isolation",
+            Kind::Degrade => "degrade",
+            Kind::Transfer => "transfer",
+        }
+    }
+
+    /// Kinds that need peers (everything but kill and pause).
+    fn networked(self) -> bool {
+        !matches!(self, Kind::Kill | Kind::Pause)
+    }
+}
+
+/// What the nemesis did, by fault description (e.g. "partition/blackhole").
+pub type FaultCounts = BTreeMap<String, u64>;
+
+pub struct Nemesis<'a> {
+    pub cluster: &'a Cluster,
+    pub kinds: Vec<Kind>,
+    pub rng: Rng,
+    /// Longest a fault is held, in ms.
+    pub hold_ms_max: u64,
+    /// Longest quiet spell between episodes, in ms.
+    pub quiet_ms_max: u64,
+    pub counts: FaultCounts,
+}
+
+impl Nemesis<'_> {
+    /// Runs episodes until `deadline` (or `stop`), then heals everything.
+    pub fn run(&mut self, deadline: Instant, stop: &AtomicBool) {
+        let single = self.cluster.procs.len() == 1;
+        self.kinds.retain(|k| !(single && k.networked()));
+        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) && !self.kinds.is_empty() {
+            let quiet = self.rng.range(300, self.quiet_ms_max);
+            sleep_until(Instant::now() + Duration::from_millis(quiet), deadline);
+            if Instant::now() >= deadline {
+                break;
+            }
+            let n = if self.kinds.len() > 1 && self.rng.chance(30) {
+                2
+            } else {
+                1
+            };
+            let mut chosen = self.kinds.clone();
+            self.rng.shuffle(&mut chosen);
+            for k in chosen.into_iter().take(n) {
+                let what = self.apply(k);
+                eprintln!("nemesis: {what}");
+                *self.counts.entry(what).or_default() += 1;
+            }
+            let hold = self.rng.range(500, self.hold_ms_max);
+            sleep_until(Instant::now() + Duration::from_millis(hold), deadline);
+            self.cluster.heal();
+        }
+        self.cluster.heal();
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.cluster.procs.iter().map(|p| p.id).collect()
+    }
+
+    /// A replica to hit: the leader about half the time, when one is known.
+    fn target(&mut self) -> u64 {
+        if self.rng.chance(50) {
+            let l = self.cluster.leader();
+            if l != 0 {
+                return l;
+            }
+        }
+        *self.rng.pick(&self.ids())
+    }
+
+    fn apply(&mut self, kind: Kind) -> String {
+        match kind {
+            Kind::Kill => self.kill(),
+            Kind::Pause => {
+                let id = self.target();
+                self.cluster.proc(id).pause(true);
+                "pause".into()
+            }
+            Kind::Partition => self.partition(),
+            Kind::LeaderIsolation => self.isolate_leader(),
+            Kind::Degrade => {
+                let net = self.cluster.net.as_ref().expect("networked");
+                let drop = self.rng.range(20, 300) as u32;
+                let delay = self.rng.range(0, 40) as u32;
+                let jitter = self.rng.range(0, 60) as u32;
+                net.degrade(drop, delay, jitter);
+                "degrade/loss+delay".into()
+            }
+            Kind::Transfer => {
+                let l = self.cluster.leader();
+                let others: Vec<u64> = self.ids().into_iter().filter(|&i| i != l).collect();
+                if l == 0 {
+                    return "transfer/no-leader".into();
+                }
+                let to = *self.rng.pick(&others);
+                let reply = self
+                    .cluster
+                    .proc(l)
+                    .call(&format!("transfer {to}"), Duration::from_secs(30));
+                eprintln!("nemesis: transfer {l} -> {to}: {reply:?}");
+                "transfer".into()
+            }
+        }
+    }
+
+    fn kill(&mut self) -> String {
+        let ids = self.ids();
+        // Up to a minority at once in a cluster, and now and then a majority (the cluster
+        // must then wait for restarts, and every acknowledged write must survive that too).
+        let majority = ids.len() / 2 + 1;
+        let count = if ids.len() > 1 && self.rng.chance(15) {
+            majority
+        } else {
+            self.rng.range(1, (ids.len() - 1).max(1) as u64) as usize
+        };
+        let mut victims = vec![self.target()];
+        let mut rest: Vec<u64> = ids.into_iter().filter(|i| *i != victims[0]).collect();
+        self.rng.shuffle(&mut rest);
+        victims.extend(rest.into_iter().take(count - 1));
+        for &v in &victims {
+            self.cluster.proc(v).kill9();
+        }
+        // Some come back quickly (crash-restart), others stay down for the whole episode.
+        if self.rng.chance(50) {
+            thread::sleep(Duration::from_millis(self.rng.range(0, 300)));
+            for &v in &victims {
+                self.cluster.proc(v).start();
+            }
+            return "kill/restart".into();
+        }
+        if victims.len() >= majority {
+            "kill/majority".into()
+        } else {
+            "kill".into()
+        }
+    }
+
+    fn partition(&mut self) -> String {
+        let net = self.cluster.net.as_ref().expect("networked");
+        let mut ids = self.ids();
+        self.rng.shuffle(&mut ids);
+        let minority = self.rng.range(1, ((ids.len() - 1) / 2).max(1) as u64) as usize;
+        let groups = vec![ids[..minority].to_vec(), ids[minority..].to_vec()];
+        let blackhole = self.rng.chance(50);
+        net.partition(&groups, blackhole);
+        if blackhole {
+            "partition/blackhole".into()
+        } else {
+            "partition/cut".into()
+        }
+    }
+
+    fn isolate_leader(&mut self) -> String {
+        let net = self.cluster.net.as_ref().expect("networked");
+        let mut l = self.cluster.leader();
+        if l == 0 {
+            l = *self.rng.pick(&self.ids());
+        }
+        let others: Vec<u64> = self.ids().into_iter().filter(|&i| i != l).collect();
+        match self.rng.below(3) {
+            0 => {
+                net.partition(&[vec![l], others], self.rng.chance(50));
+                "leader-isolation/full".into()
+            }
+            1 => {
+                // The leader still hears the others but cannot reach them.
+                for &o in &others {
+                    net.link(l, o).cut();
+                }
+                "leader-isolation/outbound".into()
+            }
+            _ => {
+                // The leader reaches the others but hears none of them.
+                for &o in &others {
+                    net.link(o, l).cut();
+                }
+                "leader-isolation/inbound".into()
+            }
+        }
+    }
+}
+
+fn sleep_until(t: Instant, deadline: Instant) {
+    let t = t.min(deadline);
+    let now = Instant::now();
+    if t > now {
+        thread::sleep(t - now);
+    }
+}
