@@ -3,48 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::{Cluster, FAST_RAFT};
-
-/// Compiles the example with `-Wall -Wextra -Werror` into `out_dir`; returns the binary.
-pub fn build_c_host(out_dir: &std::path::Path) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let libdir = common::kvr_bin().parent().unwrap().to_path_buf();
-    assert!(
-        libdir.join("libkvr.so").exists(),
-        "libkvr.so not built in {}",
-        libdir.display()
-    );
-    let bin = out_dir.join("kvr_host");
-    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-O1",
-            "-g",
-        ])
-        .arg(format!("-I{}", root.join("include").display()))
-        .arg(root.join("examples/c/kvr_host.c"))
-        .arg(format!("-L{}", libdir.display()))
-        .arg("-lkvr")
-        .arg(format!("-Wl,-rpath,{}", libdir.display()))
-        .arg("-o")
-        .arg(&bin)
-        .output()
-        .expect("running the C compiler");
-    assert!(
-        out.status.success(),
-        "C example failed to compile:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
+use common::{build_c_host, Cluster, FAST_RAFT};
 
 #[test]
 fn c_example_hosts_a_three_process_cluster() {

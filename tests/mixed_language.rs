@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Cluster, FAST_RAFT};
+use common::{build_c_host, Cluster, FAST_RAFT};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,6 +15,7 @@ fn root() -> PathBuf {
 
 /// Directory holding the `libkvr.so` built alongside this test.
 fn libdir() -> PathBuf {
+    common::fresh_cdylib();
     let dir = common::kvr_bin().parent().unwrap().to_path_buf();
     assert!(
         dir.join("libkvr.so").exists(),
@@ -31,32 +32,6 @@ fn check_output(what: &str, out: std::process::Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Compiles the C example with `-Wall -Wextra -Werror` into `out_dir` (as tests/c_example.rs).
-fn build_c_host(out_dir: &Path) -> PathBuf {
-    let libdir = libdir();
-    let bin = out_dir.join("kvr_host");
-    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-O1",
-        ])
-        .arg(format!("-I{}", root().join("include").display()))
-        .arg(root().join("examples/c/kvr_host.c"))
-        .arg(format!("-L{}", libdir.display()))
-        .arg("-lkvr")
-        .arg(format!("-Wl,-rpath,{}", libdir.display()))
-        .arg("-o")
-        .arg(&bin)
-        .output()
-        .expect("running the C compiler");
-    check_output("compiling the C example", out);
-    bin
 }
 
 /// Builds the Go example into `out_dir`, pointing cgo at the header and this library.

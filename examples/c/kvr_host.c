@@ -130,11 +130,11 @@ static void print_owned(kvr *db, int rc, kvr_buf *b) {
     kvr_buf_free(b);
 }
 
-#define ARGS_MAX 64
+#define ARGS_MAX 1024
 
 /* `batch put K V del K ...` */
 static void cmd_batch(kvr *db, int argc, char **argv) {
-    kvr_batch_op ops[ARGS_MAX];
+    static kvr_batch_op ops[ARGS_MAX];
     size_t n = 0;
     for (int i = 1; i < argc;) {
         if (strcmp(argv[i], "put") == 0 && i + 2 < argc) {
@@ -274,11 +274,17 @@ static int execute_words(kvr *db, int argc, char **argv) {
 /* Runs one command line; returns 0 to go on, 1 to quit. */
 static int execute(kvr *db, char *line) {
     line[strcspn(line, "\r\n")] = '\0';
-    char copy[LINE_MAX_BYTES];
+    static char copy[LINE_MAX_BYTES];
     strcpy(copy, line);
-    char *argv[ARGS_MAX];
+    static char *argv[ARGS_MAX];
     int argc = 0;
-    for (char *t = strtok(copy, " \t"); t != NULL && argc < ARGS_MAX; t = strtok(NULL, " \t")) argv[argc++] = t;
+    for (char *t = strtok(copy, " \t"); t != NULL; t = strtok(NULL, " \t")) {
+        if (argc == ARGS_MAX) {
+            printf("ERR more than %d words on one line\n", ARGS_MAX);
+            return 0;
+        }
+        argv[argc++] = t;
+    }
     if (argc == 0) return 0;
     const char *cmd = argv[0];
     if (strcmp(cmd, "quit") == 0 || strcmp(cmd, "exit") == 0) return 1;

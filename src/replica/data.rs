@@ -188,10 +188,12 @@ impl Replica {
     }
 
     /// Writes a consistent copy of this replica's state machine, as of one read txn, to the file
-    /// `path` (which must not exist) while writes go on. A new cluster is seeded from it with
-    /// the option `restore_from`.
+    /// `path` (which must not exist) while writes go on. The copy holds every write
+    /// acknowledged before the call (a linearizable read barrier comes first). A new cluster is
+    /// seeded from it with the option `restore_from`.
     pub fn backup(&self, path: &std::path::Path) -> Result<()> {
         self.check_open()?;
+        self.read_barrier()?;
         self.shared.state_machine()?.backup(path)
     }
 }

@@ -342,3 +342,214 @@ impl Cluster {
         }
     }
 }
+
+impl Node {
+    /// OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends a signal (`"STOP"`, `"CONT"`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{sig} {pid} failed");
+        }
+    }
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The values of the JSON string fields named `field` in `json`, in order (enough for the
+/// flat objects the REPL prints; escapes are kept as written).
+pub fn json_strings(json: &str, field: &str) -> Vec<String> {
+    let pat = format!("\"{field}\":\"");
+    let mut out = Vec::new();
+    let mut rest = json;
+    while let Some(i) = rest.find(&pat) {
+        rest = &rest[i + pat.len()..];
+        let mut end = 0;
+        let b = rest.as_bytes();
+        while end < b.len() && !(b[end] == b'"' && (end == 0 || b[end - 1] != b'\\')) {
+            end += 1;
+        }
+        out.push(rest[..end].to_string());
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// The values of the JSON number fields named `field` in `json`, in order.
+pub fn json_numbers(json: &str, field: &str) -> Vec<u64> {
+    let pat = format!("\"{field}\":");
+    json.match_indices(&pat)
+        .filter_map(|(i, _)| {
+            let digits: String = json[i + pat.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Makes sure `libkvr.so` matches the sources: `cargo test` builds the Rust library the tests
+/// link, but not the shared library that C, Python and Go hosts load.
+pub fn fresh_cdylib() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--lib", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build --lib");
+        assert!(status.success(), "cargo build --lib failed");
+    });
+}
+
+/// Compiles the C example host (`-Wall -Wextra -Werror`) into `out_dir`; returns its path.
+pub fn build_c_host(out_dir: &Path) -> PathBuf {
+    fresh_cdylib();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let libdir = kvr_bin().parent().unwrap().to_path_buf();
+    let bin = out_dir.join("kvr_host");
+    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-O1",
+            "-g",
+        ])
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(root.join("examples/c/kvr_host.c"))
+        .arg(format!("-L{}", libdir.display()))
+        .arg("-lkvr")
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .expect("running the C compiler");
+    assert!(
+        out.status.success(),
+        "C host failed to compile:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+/// A TCP forwarder from a local port to `target` that can be paused: while paused it holds
+/// every byte in both directions (the connections stay open), like a link that stalls.
+pub struct PausableProxy {
+    pub addr: String,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PausableProxy {
+    /// Starts forwarding from a free local port to `target`.
+    pub fn start(target: String) -> PausableProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let paused = Arc::new(AtomicBool::new(false));
+        let p = paused.clone();
+        thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    let p = p.clone();
+                    thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            while p.load(Ordering::Relaxed) {
+                                thread::sleep(Duration::from_millis(5));
+                            }
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    while p.load(Ordering::Relaxed) {
+                                        thread::sleep(Duration::from_millis(5));
+                                    }
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        PausableProxy { addr, paused }
+    }
+
+    /// Holds all traffic (true) or lets it flow (false).
+    pub fn pause(&self, on: bool) {
+        self.paused.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Cluster {
+    /// Starts `n` replicas hosted by `program`, where every link *to* node `victim` goes
+    /// through a pausable proxy. Returns the cluster and the proxies.
+    pub fn start_with_proxied_victim(
+        n: usize,
+        extra: &[(&str, &str)],
+        program: String,
+        victim: u64,
+    ) -> (Cluster, Vec<PausableProxy>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let ports = free_ports(n);
+        let real: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut proxies = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let mut view = Vec::new();
+            for (j, addr) in real.iter().enumerate() {
+                let peer = j as u64 + 1;
+                if peer == victim && id != victim {
+                    let p = PausableProxy::start(addr.clone());
+                    view.push(format!("{peer}={}", p.addr));
+                    proxies.push(p);
+                } else {
+                    view.push(format!("{peer}={addr}"));
+                }
+            }
+            let dir = tmp.path().join(format!("n{id}"));
+            let mut node = Node::new(vec![program.clone()], id, &dir, &view.join(","), extra);
+            node.start();
+            nodes.push(node);
+        }
+        (
+            Cluster {
+                nodes,
+                peers: real.join(","),
+                _tmp: tmp,
+            },
+            proxies,
+        )
+    }
+}

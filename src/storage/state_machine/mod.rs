@@ -255,7 +255,11 @@ impl StateMachine {
             None => Bound::Unbounded,
         };
         // LMDB cannot position on an empty key: an empty start means "from the first key".
-        let lower = if start.is_empty() { Bound::Unbounded } else { Bound::Included(start) };
+        let lower = if start.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Included(start)
+        };
         let has_ttl = !self.ttl.is_empty(&rtxn)?;
         let mut page = ScanPage::default();
         for item in self.kv.range(&rtxn, &(lower, upper))? {
