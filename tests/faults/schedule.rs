@@ -60,6 +60,17 @@ impl Spec {
         }
     }
 
+    /// Crash recovery: kill -9 only, often, during continuous writes.
+    pub fn crash(seed: u64, nodes: usize, secs: u64) -> Spec {
+        let mut s = Spec::from_seed(seed, secs);
+        s.nodes = nodes;
+        s.kinds = vec![Kind::Kill];
+        s.mix.keys = nodes + 1;
+        s.hold_ms_max = 2500;
+        s.quiet_ms_max = 1500;
+        s
+    }
+
     /// The seed of schedule `i` of a run whose base seed is `base`: both cluster sizes and
     /// every kind of fault come up within the first few schedules.
     pub fn seed_for(base: u64, i: u64) -> u64 {
