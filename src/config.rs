@@ -17,6 +17,8 @@ pub const VALUE_BYTES_MAX: usize = 4 << 20;
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Most peers a cluster may list.
 pub const PEERS_MAX: usize = 64;
+/// Shortest cluster secret accepted, in bytes.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
 
 /// Configuration of one replica. Build it with [`Config::new`] and [`Config::set`], or by
 /// filling the fields directly, then call [`Config::validate`] (done by `Replica::open`).
@@ -54,6 +56,9 @@ pub struct Config {
     pub watch_retain_entries: u64,
     /// A backup file (from `kvr_backup`) to seed a new replica's state from (`restore_from`).
     pub restore_from: Option<PathBuf>,
+    /// Secret every replica of the cluster shares; peers prove they know it in the handshake
+    /// (HMAC-SHA256 challenge-response) and it never crosses the wire (`cluster_secret`).
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             compaction_margin: 5_000,
             watch_retain_entries: 100_000,
             restore_from: None,
+            cluster_secret: None,
         }
     }
 }
@@ -95,6 +101,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "compaction_margin",
     "watch_retain_entries",
     "restore_from",
+    "cluster_secret",
 ];
 
 impl Config {
@@ -135,6 +142,14 @@ impl Config {
             "compaction_margin" => self.compaction_margin = parse_u64(key, value, 0, u64::MAX / 4)?,
             "watch_retain_entries" => {
                 self.watch_retain_entries = parse_u64(key, value, 0, u64::MAX / 4)?
+            }
+            "cluster_secret" => {
+                if value.len() < CLUSTER_SECRET_BYTES_MIN {
+                    return Err(Error::invalid(format!(
+                        "cluster_secret must have at least {CLUSTER_SECRET_BYTES_MIN} bytes"
+                    )));
+                }
+                self.cluster_secret = Some(value.to_string());
             }
             "restore_from" => {
                 if value.is_empty() {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,25 +26,27 @@ pub struct NodeHost {
     dir: PathBuf,
     map_size_mb: u64,
     identities: PeerIdentities,
+    /// Ids listed in the `peers` option: always allowed to talk to this node.
+    configured: Vec<u64>,
 }
 
 impl NodeHost {
-    /// The host of the replica in `dir`.
+    /// The host of the replica configured by `cfg`.
     pub fn new(
         shared: Arc<Shared>,
         inbox: flume::Sender<RaftMsg>,
         registry: Arc<Registry>,
-        dir: &Path,
-        map_size_mb: u64,
+        cfg: &crate::config::Config,
     ) -> Result<NodeHost> {
-        let identities = PeerIdentities::load(dir.join("PEERS"))?;
+        let identities = PeerIdentities::load(cfg.dir.join("PEERS"))?;
         Ok(NodeHost {
             shared,
             inbox,
             registry,
-            dir: dir.to_path_buf(),
-            map_size_mb,
+            dir: cfg.dir.clone(),
+            map_size_mb: cfg.map_size_mb,
             identities,
+            configured: cfg.peers.keys().copied().collect(),
         })
     }
 
@@ -86,6 +88,23 @@ impl Host for NodeHost {
         if let Ok(sm) = self.shared.state_machine() {
             if sm.is_removed(peer)? {
                 return Err(Error::Removed);
+            }
+            let cs = sm.conf_state()?;
+            let members: Vec<u64> = cs
+                .voters
+                .iter()
+                .chain(&cs.learners)
+                .chain(&cs.voters_outgoing)
+                .copied()
+                .collect();
+            // A replica that has not learned the membership yet (it is joining) hears from
+            // whoever the cluster sends; everyone else only talks to members.
+            let known =
+                members.is_empty() || members.contains(&peer) || self.configured.contains(&peer);
+            if !known {
+                return Err(Error::Refused(format!(
+                    "node {peer} is not a member of this cluster"
+                )));
             }
         }
         self.identities.check(peer, incarnation)?;

@@ -174,13 +174,13 @@ impl Replica {
                 incarnation: identity.incarnation,
                 advertise: listen.to_string(),
                 frame_bytes_max: crate::config::FRAME_BYTES_MAX,
+                secret: cfg.cluster_secret.as_ref().map(|s| s.as_bytes().to_vec()),
             });
             let host: Arc<dyn Host> = Arc::new(NodeHost::new(
                 shared.clone(),
                 inbox_tx.clone(),
                 registry,
-                &cfg.dir,
-                cfg.map_size_mb,
+                &cfg,
             )?);
             threads.listener = Some(Listener::bind(
                 listen,
@@ -581,11 +581,16 @@ fn raft_logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
-/// A random 64-bit number from the operating system.
+/// A random 64-bit number from the operating system (never 0).
 pub(crate) fn random_u64() -> Result<u64> {
-    let mut b = [0u8; 8];
+    Ok(u64::from_le_bytes(random_bytes()?).max(1))
+}
+
+/// Random bytes from the operating system.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(|e| Error::Io(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(u64::from_le_bytes(b).max(1))
+    Ok(b)
 }

@@ -17,6 +17,10 @@ pub const KIND_SNAP_CHUNK: u8 = 5;
 pub const KIND_SNAP_END: u8 = 6;
 /// The receiver's verdict on a snapshot stream: `status u8 | reason`.
 pub const KIND_SNAP_ACK: u8 = 7;
+/// The acceptor's challenge: `nonce [16] | mac [32]` (see [`super::handshake`]).
+pub const KIND_CHALLENGE: u8 = 8;
+/// The dialer's answer to a challenge: `mac [32]`.
+pub const KIND_PROOF: u8 = 9;
 
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 5;

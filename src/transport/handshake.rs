@@ -2,10 +2,22 @@
 //!
 //! Dialer → acceptor, frame `HELLO` (integers little-endian):
 //! `magic "KVR\x01" | version u16 | cluster_id u64 | from u64 | to u64 | incarnation u64 |
-//!  addr_len u16 | addr` — `addr` is the address the dialer listens on, so that a node can
-//! answer a peer it has not been told about (a replica that has just joined).
-//! Acceptor → dialer, frame `HELLO_ACK`: `status u8 | incarnation u64 | reason utf-8`.
-//! A refused hello is answered with its reason and the connection is closed.
+//!  nonce [16] | flags u8 | addr_len u16 | addr` — `addr` is the address the dialer listens
+//! on, so that a node can answer a peer it has not been told about (a replica that just
+//! joined); flag bit 0 says the dialer authenticates.
+//!
+//! With a cluster secret, a challenge-response follows (the secret never crosses the wire):
+//! acceptor → dialer `CHALLENGE`: `nonce [16] | mac [32]`, where
+//! `mac = HMAC-SHA256(secret, "kvr-accept" | cluster | from | to | dialer nonce | acceptor nonce)`
+//! proves the acceptor knows the secret; dialer → acceptor `PROOF`: `mac [32]` with the label
+//! `"kvr-dial"` proves the dialer does. Both nonces are fresh per connection, so a recorded
+//! exchange cannot be replayed.
+//!
+//! Finally acceptor → dialer `HELLO_ACK`: `status u8 | incarnation u64 | reason utf-8`. A
+//! refused hello is answered with its reason and the connection is closed.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::error::{Error, Result};
 
@@ -13,9 +25,14 @@ use crate::error::{Error, Result};
 pub const MAGIC: [u8; 4] = *b"KVR\x01";
 /// Wire protocol version.
 pub const PROTOCOL_VERSION: u16 = 1;
-const HELLO_FIXED_BYTES: usize = 4 + 2 + 8 * 4 + 2;
+/// Bytes of a nonce.
+pub const NONCE_BYTES: usize = 16;
+/// Bytes of an authentication code.
+pub const MAC_BYTES: usize = 32;
+const HELLO_FIXED_BYTES: usize = 4 + 2 + 8 * 4 + NONCE_BYTES + 1 + 2;
 /// Longest advertised address.
 pub const ADDR_BYTES_MAX: usize = 255;
+const FLAG_AUTH: u8 = 1;
 
 /// Status byte of an accepting ack.
 pub const ACK_OK: u8 = 0;
@@ -37,6 +54,10 @@ pub struct Hello {
     pub to: u64,
     /// Incarnation of the dialer's log.
     pub incarnation: u64,
+    /// Fresh random bytes of the dialer.
+    pub nonce: [u8; NONCE_BYTES],
+    /// The dialer will answer a challenge.
+    pub auth: bool,
     /// Address the dialer listens on (may be empty).
     pub addr: String,
 }
@@ -51,6 +72,8 @@ impl Hello {
         for w in [self.cluster_id, self.from, self.to, self.incarnation] {
             b.extend_from_slice(&w.to_le_bytes());
         }
+        b.extend_from_slice(&self.nonce);
+        b.push(if self.auth { FLAG_AUTH } else { 0 });
         b.extend_from_slice(&(addr.len() as u16).to_le_bytes());
         b.extend_from_slice(addr);
         b
@@ -69,7 +92,14 @@ impl Hello {
         }
         let word =
             |i: usize| u64::from_le_bytes(b[6 + i * 8..14 + i * 8].try_into().expect("8 bytes"));
-        let addr_len = u16::from_le_bytes([b[38], b[39]]) as usize;
+        let nonce: [u8; NONCE_BYTES] = b[38..38 + NONCE_BYTES].try_into().expect("16 bytes");
+        let flags = b[54];
+        let addr_len = u16::from_le_bytes([b[55], b[56]]) as usize;
+        if flags & !FLAG_AUTH != 0 {
+            return Err(Error::Corrupt(format!(
+                "hello has unknown flags {flags:#x}"
+            )));
+        }
         if addr_len > ADDR_BYTES_MAX || b.len() != HELLO_FIXED_BYTES + addr_len {
             return Err(Error::Corrupt(
                 "hello address length is inconsistent".into(),
@@ -84,6 +114,8 @@ impl Hello {
             from: word(1),
             to: word(2),
             incarnation: word(3),
+            nonce,
+            auth: flags & FLAG_AUTH != 0,
             addr,
         })
     }
@@ -113,6 +145,60 @@ impl Hello {
         }
         Ok(())
     }
+}
+
+/// Which side computes an authentication code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The side that dialed.
+    Dialer,
+    /// The side that accepted.
+    Acceptor,
+}
+
+/// The authentication code of `role` for a handshake between `from` (dialer) and `to`.
+pub fn auth_mac(
+    secret: &[u8],
+    role: Role,
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+    dialer_nonce: &[u8; NONCE_BYTES],
+    acceptor_nonce: &[u8; NONCE_BYTES],
+) -> [u8; MAC_BYTES] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(match role {
+        Role::Dialer => b"kvr-dial",
+        Role::Acceptor => b"kvr-accept",
+    });
+    for w in [cluster_id, from, to] {
+        mac.update(&w.to_le_bytes());
+    }
+    mac.update(dialer_nonce);
+    mac.update(acceptor_nonce);
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks `got` against the expected code in constant time.
+pub fn verify_mac(
+    secret: &[u8],
+    role: Role,
+    hello: &Hello,
+    acceptor_nonce: &[u8; NONCE_BYTES],
+    got: &[u8],
+) -> Result<()> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(match role {
+        Role::Dialer => b"kvr-dial",
+        Role::Acceptor => b"kvr-accept",
+    });
+    for w in [hello.cluster_id, hello.from, hello.to] {
+        mac.update(&w.to_le_bytes());
+    }
+    mac.update(&hello.nonce);
+    mac.update(acceptor_nonce);
+    mac.verify_slice(got)
+        .map_err(|_| Error::Refused("authentication failed: wrong cluster secret".into()))
 }
 
 /// An acceptor's answer to a hello.
@@ -162,16 +248,22 @@ impl Ack {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hello_round_trip_and_checks() {
-        let h = Hello {
+    fn hello() -> Hello {
+        Hello {
             version: PROTOCOL_VERSION,
             cluster_id: 9,
             from: 2,
             to: 1,
             incarnation: 77,
+            nonce: [7; NONCE_BYTES],
+            auth: true,
             addr: "127.0.0.1:7002".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn hello_round_trip_and_checks() {
+        let h = hello();
         let d = Hello::decode(&h.encode()).unwrap();
         assert_eq!(d, h);
         d.check(9, 1).unwrap();
@@ -188,6 +280,37 @@ mod tests {
         let mut long = good.clone();
         long.push(b'x');
         assert!(Hello::decode(&long).is_err());
+        let mut flags = good.clone();
+        flags[54] = 0x80;
+        assert!(Hello::decode(&flags).is_err());
+    }
+
+    #[test]
+    fn macs_bind_role_identities_and_both_nonces() {
+        let h = hello();
+        let s = b"secret";
+        let n = [3u8; NONCE_BYTES];
+        let m = auth_mac(s, Role::Dialer, h.cluster_id, h.from, h.to, &h.nonce, &n);
+        verify_mac(s, Role::Dialer, &h, &n, &m).unwrap();
+        assert!(
+            verify_mac(b"other", Role::Dialer, &h, &n, &m).is_err(),
+            "wrong secret"
+        );
+        assert!(
+            verify_mac(s, Role::Acceptor, &h, &n, &m).is_err(),
+            "a dialer code is no acceptor code"
+        );
+        assert!(
+            verify_mac(s, Role::Dialer, &h, &[4; NONCE_BYTES], &m).is_err(),
+            "replayed for another nonce"
+        );
+        let mut other = h.clone();
+        other.from = 3;
+        assert!(
+            verify_mac(s, Role::Dialer, &other, &n, &m).is_err(),
+            "bound to the node ids"
+        );
+        assert!(verify_mac(s, Role::Dialer, &h, &n, &m[..31]).is_err());
     }
 
     #[test]

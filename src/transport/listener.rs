@@ -12,7 +12,10 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::Message;
 
 use super::frame::{self, KIND_HELLO, KIND_HELLO_ACK, KIND_RAFT, KIND_SNAP_BEGIN};
-use super::handshake::{Ack, Hello, ACK_OK, ACK_REFUSED, ACK_REMOVED};
+use super::frame::{KIND_CHALLENGE, KIND_PROOF};
+use super::handshake::{
+    auth_mac, verify_mac, Ack, Hello, Role, ACK_OK, ACK_REFUSED, ACK_REMOVED, NONCE_BYTES,
+};
 use super::{Host, TransportConfig, TransportStats};
 use crate::error::{Error, Result};
 
@@ -243,20 +246,10 @@ impl Reader {
         }
     }
 
-    /// Reads and judges the hello, answers it; returns it when accepted.
+    /// Reads and judges the hello (and, with a cluster secret, the proof), answers it; returns
+    /// it when accepted. Refusals are logged with the peer's address.
     fn handshake(&self, stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Hello> {
-        let kind = frame::read_frame(stream, 4096, buf)?;
-        let verdict = if kind != KIND_HELLO {
-            Err(Error::Refused(format!(
-                "first frame is kind {kind}, not a hello"
-            )))
-        } else {
-            Hello::decode(buf).and_then(|h| {
-                h.check(self.cfg.cluster_id, self.cfg.node_id)?;
-                self.host.check_peer(h.from, h.incarnation, &h.addr)?;
-                Ok(h)
-            })
-        };
+        let verdict = self.judge(stream, buf);
         let ack = match &verdict {
             Ok(_) => Ack {
                 status: ACK_OK,
@@ -265,6 +258,14 @@ impl Reader {
             },
             Err(e) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                log::warn!(
+                    "node {}: refused a connection from {peer}: {e}",
+                    self.cfg.node_id
+                );
                 let status = if *e == Error::Removed {
                     ACK_REMOVED
                 } else {
@@ -283,6 +284,60 @@ impl Reader {
         let hello = verdict?;
         written?;
         Ok(hello)
+    }
+
+    fn judge(&self, stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Hello> {
+        let kind = frame::read_frame(stream, 4096, buf)?;
+        if kind != KIND_HELLO {
+            return Err(Error::Refused(format!(
+                "first frame is kind {kind}, not a hello"
+            )));
+        }
+        let hello = Hello::decode(buf)?;
+        hello.check(self.cfg.cluster_id, self.cfg.node_id)?;
+        if let Some(secret) = &self.cfg.secret {
+            if !hello.auth {
+                return Err(Error::Refused(
+                    "this cluster requires a cluster secret".into(),
+                ));
+            }
+            self.challenge(stream, secret, &hello, buf)?;
+        }
+        self.host
+            .check_peer(hello.from, hello.incarnation, &hello.addr)?;
+        Ok(hello)
+    }
+
+    /// Proves this node knows the secret and checks that the dialer does, over fresh nonces.
+    fn challenge(
+        &self,
+        stream: &mut TcpStream,
+        secret: &[u8],
+        hello: &Hello,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let nonce: [u8; NONCE_BYTES] = crate::replica::random_bytes()?;
+        let mac = auth_mac(
+            secret,
+            Role::Acceptor,
+            hello.cluster_id,
+            hello.from,
+            hello.to,
+            &hello.nonce,
+            &nonce,
+        );
+        let mut payload = nonce.to_vec();
+        payload.extend_from_slice(&mac);
+        let mut out = Vec::new();
+        frame::put_frame(&mut out, KIND_CHALLENGE, &payload);
+        stream.write_all(&out)?;
+        let kind = frame::read_frame(stream, 4096, buf)?;
+        if kind != KIND_PROOF {
+            return Err(Error::Refused(format!(
+                "expected the proof of the secret, got frame kind {kind}"
+            )));
+        }
+        verify_mac(secret, Role::Dialer, hello, &nonce, buf)
     }
 }
 

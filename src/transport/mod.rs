@@ -29,8 +29,8 @@ use raft::eraftpb::{Message, Snapshot};
 
 use crate::error::{Error, Result};
 use crate::storage::snapshot::{Outgoing, Stage, Staged};
-use frame::{KIND_HELLO, KIND_HELLO_ACK};
-use handshake::{Ack, Hello, PROTOCOL_VERSION};
+use frame::{KIND_CHALLENGE, KIND_HELLO, KIND_HELLO_ACK, KIND_PROOF};
+use handshake::{Ack, Hello, Role, MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION};
 
 /// Messages a peer queue holds before further ones are dropped.
 pub const PEER_QUEUE_LEN: usize = 4096;
@@ -69,6 +69,8 @@ pub struct TransportConfig {
     pub advertise: String,
     /// Largest frame accepted.
     pub frame_bytes_max: usize,
+    /// Shared secret peers prove they know in the handshake (`None`: no authentication).
+    pub secret: Option<Vec<u8>>,
 }
 
 /// Counters kept by the transport.
@@ -199,7 +201,8 @@ impl Drop for Transport {
     }
 }
 
-/// Dials `peer` at `addr` and completes the handshake; returns the connected stream.
+/// Dials `peer` at `addr` and completes the handshake (with the challenge-response when a
+/// cluster secret is set); returns the connected stream.
 pub(crate) fn dial(
     cfg: &TransportConfig,
     host: &dyn Host,
@@ -222,20 +225,41 @@ pub(crate) fn dial(
         from: cfg.node_id,
         to: peer,
         incarnation: cfg.incarnation,
+        nonce: crate::replica::random_bytes()?,
+        auth: cfg.secret.is_some(),
         addr: cfg.advertise.clone(),
     };
     let mut out = Vec::new();
     frame::put_frame(&mut out, KIND_HELLO, &hello.encode());
     s.write_all(&out)?;
     let mut buf = Vec::new();
-    let kind = frame::read_frame(&mut s, 4096, &mut buf)?;
+    let mut kind = frame::read_frame(&mut s, 4096, &mut buf)?;
+    if let Some(secret) = &cfg.secret {
+        let answered = if kind == KIND_CHALLENGE {
+            answer_challenge(&mut s, secret, &hello, &buf)
+        } else if kind == KIND_HELLO_ACK {
+            Ack::decode(&buf)?.into_result().and(Err(Error::Refused(
+                "the peer does not authenticate (it has no cluster secret)".into(),
+            )))
+        } else {
+            Err(Error::Corrupt(format!(
+                "expected a challenge, got frame kind {kind}"
+            )))
+        };
+        if let Err(e) = answered {
+            if matches!(e, Error::Refused(_) | Error::Removed) {
+                host.refused(peer, &e);
+            }
+            return Err(e);
+        }
+        kind = frame::read_frame(&mut s, 4096, &mut buf)?;
+    }
     if kind != KIND_HELLO_ACK {
         return Err(Error::Corrupt(format!(
             "expected hello ack, got frame kind {kind}"
         )));
     }
-    let result = Ack::decode(&buf)?.into_result();
-    let incarnation = match result {
+    let incarnation = match Ack::decode(&buf)?.into_result() {
         Ok(i) => i,
         Err(e) => {
             host.refused(peer, &e);
@@ -244,4 +268,39 @@ pub(crate) fn dial(
     };
     host.check_peer(peer, incarnation, addr)?;
     Ok(s)
+}
+
+/// Checks the acceptor's proof of the secret and sends ours.
+fn answer_challenge(
+    s: &mut TcpStream,
+    secret: &[u8],
+    hello: &Hello,
+    challenge: &[u8],
+) -> Result<()> {
+    use std::io::Write;
+    if challenge.len() != NONCE_BYTES + MAC_BYTES {
+        return Err(Error::Corrupt("challenge has the wrong length".into()));
+    }
+    let nonce: [u8; NONCE_BYTES] = challenge[..NONCE_BYTES].try_into().expect("16 bytes");
+    handshake::verify_mac(
+        secret,
+        Role::Acceptor,
+        hello,
+        &nonce,
+        &challenge[NONCE_BYTES..],
+    )
+    .map_err(|_| Error::Refused("the peer does not know the cluster secret".into()))?;
+    let proof = handshake::auth_mac(
+        secret,
+        Role::Dialer,
+        hello.cluster_id,
+        hello.from,
+        hello.to,
+        &hello.nonce,
+        &nonce,
+    );
+    let mut out = Vec::new();
+    frame::put_frame(&mut out, KIND_PROOF, &proof);
+    s.write_all(&out)?;
+    Ok(())
 }

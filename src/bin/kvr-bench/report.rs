@@ -426,6 +426,8 @@ fn soak_json(s: &Result<Soak, String>) -> Json {
                 ("rss_kb_end", r.end.into()),
                 ("rss_kb_min", r.min.into()),
                 ("rss_kb_max", r.max.into()),
+                ("anon_kb_start", r.anon_start.into()),
+                ("anon_kb_end", r.anon_end.into()),
                 ("deviation", round3(r.deviation).into()),
                 ("flat", r.flat.into()),
             ]))
@@ -434,10 +436,13 @@ fn soak_json(s: &Result<Soak, String>) -> Json {
     let flat = replicas
         .iter()
         .all(|r| r.get("flat") == Some(&Json::Bool(true)));
+    // Anon apart from RSS tells heap growth from LMDB map pages coming and going.
     let samples = s.samples.iter().map(|(t, m)| {
-        let mut v = vec![Json::Num(round2(*t))];
-        v.extend(m.iter().map(|m| Json::from(m.rss_kb)));
-        Json::Arr(v)
+        obj([
+            ("t_s", round2(*t).into()),
+            ("rss_kb", mem_json(m, |m| m.rss_kb)),
+            ("anon_kb", mem_json(m, |m| m.anon_kb)),
+        ])
     });
     obj([
         ("concurrency", soak::CONCURRENCY.into()),
@@ -448,6 +453,6 @@ fn soak_json(s: &Result<Soak, String>) -> Json {
         ("tolerance", soak::RSS_FLAT_TOLERANCE.into()),
         ("flat", flat.into()),
         ("replicas", Json::Arr(replicas)),
-        ("samples_t_s_rss_kb", Json::Arr(samples.collect())),
+        ("samples", Json::Arr(samples.collect())),
     ])
 }

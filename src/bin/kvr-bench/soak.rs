@@ -35,6 +35,9 @@ pub struct RssSummary {
     pub end: u64,
     pub min: u64,
     pub max: u64,
+    /// Anonymous memory (heap and stacks) at the first and the last sample.
+    pub anon_start: u64,
+    pub anon_end: u64,
     /// Largest distance of any sample from the first, as a fraction of the first.
     pub deviation: f64,
     pub flat: bool,
@@ -50,11 +53,14 @@ impl Soak {
         let (&start, &end) = (series.first()?, series.last()?);
         let (min, max) = (*series.iter().min()?, *series.iter().max()?);
         let deviation = (max - start).max(start - min) as f64 / start.max(1) as f64;
+        let anon = |i: usize| self.samples[i].1[replica].anon_kb;
         Some(RssSummary {
             start,
             end,
             min,
             max,
+            anon_start: anon(0),
+            anon_end: anon(self.samples.len() - 1),
             deviation,
             flat: deviation <= RSS_FLAT_TOLERANCE,
         })

@@ -300,6 +300,8 @@ fn soak(r: &Report, out: &mut String) {
                 mib(m.max),
                 format!("{:.1}%", m.deviation * 100.0),
                 flat.into(),
+                mib(m.anon_start),
+                mib(m.anon_end),
             ])
         })
         .collect();
@@ -312,6 +314,8 @@ fn soak(r: &Report, out: &mut String) {
             "max",
             "deviation",
             "flat",
+            "anon start",
+            "anon end",
         ],
         &rows,
     ));
