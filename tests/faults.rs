@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use harness::cluster::{raft_options, Cluster};
+use harness::process::Reply;
 use harness::schedule::{self, Report, Spec};
 
 /// The heavy tests of this file run one at a time: each already keeps both cores busy.
@@ -202,4 +204,234 @@ fn crash_recovery_cluster_keeps_every_acknowledged_write() {
 #[test]
 fn crash_recovery_single_node_keeps_every_acknowledged_write() {
     crash_recovery(1, 20);
+}
+
+/// Puts `key` through `node` until one attempt is acknowledged (each failed attempt may
+/// or may not have applied: the value is the same, so that does not matter).
+fn put_acked(node: &harness::process::Proc, key: &str, value: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let r = node.call(
+            &format!("put {key} {value}"),
+            harness::process::REPLY_TIMEOUT,
+        );
+        if r == Reply::Line("OK".into()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {}: put {key} never acknowledged, last reply {r:?}; log:\n{}",
+            node.id,
+            node.tail_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Every acknowledged key is on every replica, with its value.
+fn assert_present(cluster: &Cluster, acked: &[(String, String)]) {
+    for p in &cluster.procs {
+        for (k, v) in acked {
+            let got = p.must(&format!("sget {k}"), std::time::Duration::from_secs(30));
+            assert_eq!(&got, v, "node {}: acknowledged write of {k} is lost", p.id);
+        }
+    }
+}
+
+fn expect_io_error(r: &Reply, what: &str) {
+    match r {
+        Reply::Line(l) if l.starts_with("ERR -6:") => {}
+        other => panic!("{what}: expected ERR -6 (I/O), got {other:?}"),
+    }
+}
+
+/// fsync/fdatasync failing with EIO in one replica (the leader or a follower): the caller
+/// of a write through it gets `ERR -6` and no acknowledgement, the replica fails closed
+/// (every later call reports the same error), the others go on, and once restarted without
+/// the fault it recovers from its files, uncorrupted, and catches up.
+fn disk_eio(victim_leads: bool, points: &[&str]) {
+    let _serial = serial();
+    harness::disk::require_fiu();
+    let seed = seed_or_random();
+    let dir = runs_dir().join(format!("disk-eio-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ctl = dir.join("fiu-ctrl");
+    let victim = 3;
+    let fiu = harness::disk::fiu_program(&ctl);
+    let cluster = Cluster::start_with(3, &dir, &raft_options(1000), seed, |id| {
+        (id == victim).then(|| fiu.clone())
+    });
+    let leader = wait_leader(&cluster);
+    let want = if victim_leads { victim } else { 1 };
+    if (leader == victim) != victim_leads {
+        let r = cluster
+            .proc(leader)
+            .call(&format!("transfer {want}"), harness::process::REPLY_TIMEOUT);
+        eprintln!("transfer {leader} -> {want}: {r:?}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (cluster.leader() == victim) != victim_leads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leadership did not move as asked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let p = &cluster.procs[i % 3];
+        let (k, v) = (format!("pre-{i}"), format!("v{i}"));
+        put_acked(p, &k, &v);
+        acked.push((k, v));
+    }
+
+    let v = cluster.proc(victim);
+    let pid = v.pid().expect("victim runs");
+    harness::disk::fiu_ctrl(&ctl, pid, points, Some(harness::disk::EIO));
+    let r = v.call("put during-0 x", harness::process::REPLY_TIMEOUT);
+    expect_io_error(&r, "a write through the replica whose fsync fails");
+    expect_io_error(
+        &v.call("get pre-0", harness::process::REPLY_TIMEOUT),
+        "a read after it failed",
+    );
+    expect_io_error(
+        &v.call("put during-1 y", harness::process::REPLY_TIMEOUT),
+        "a write after it failed",
+    );
+
+    // The other two are a majority and go on (electing a new leader if the victim led).
+    for i in 0..30 {
+        let p = &cluster.procs[i % 2];
+        let (k, v) = (format!("post-{i}"), format!("w{i}"));
+        put_acked(p, &k, &v);
+        acked.push((k, v));
+    }
+    // The fault clears: the replica restarts without it and recovers from its own files.
+    v.kill9();
+    v.set_program(vec![common::kvr_bin().display().to_string()]);
+    v.start();
+    let digest = cluster
+        .converge(harness::cluster::CONVERGE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("after the fault cleared: {e}"));
+    eprintln!("converged: {digest}");
+    assert_present(&cluster, &acked);
+    for k in ["during-0", "during-1"] {
+        let got = v.must(&format!("get {k}"), std::time::Duration::from_secs(30));
+        assert!(
+            got == "NOT_FOUND" || got == "x" || got == "y",
+            "unacknowledged write {k} has a value nobody wrote: {got}"
+        );
+    }
+    let log = std::fs::read_to_string(&v.log).unwrap_or_default();
+    assert!(
+        !log.contains("corrupt"),
+        "the replica reports corruption:\n{log}"
+    );
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn disk_fault_fsync_eio_on_a_follower_fails_closed_and_recovers() {
+    disk_eio(false, harness::disk::SYNC_POINTS);
+}
+
+#[test]
+fn disk_fault_fsync_eio_on_the_leader_fails_closed_and_recovers() {
+    disk_eio(true, harness::disk::SYNC_POINTS);
+}
+
+/// Page writes (pwrite) failing with EIO, on the leader.
+#[test]
+fn disk_fault_write_eio_on_the_leader_fails_closed_and_recovers() {
+    disk_eio(true, harness::disk::WRITE_POINTS);
+}
+
+/// A single-node replica whose disk fills up (a real ENOSPC from a small tmpfs; injected
+/// through libfiu where mounting is not permitted): the write that does not fit gets
+/// `ERR -6` and no acknowledgement, the replica fails closed, and once there is room again
+/// it reopens its files with every acknowledged write.
+#[test]
+fn disk_full_fails_closed_and_recovers() {
+    let _serial = serial();
+    let seed = seed_or_random();
+    let dir = runs_dir().join(format!("disk-full-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mnt = dir.join("mnt");
+    let tmpfs = harness::disk::Tmpfs::mount(&mnt, 8);
+    let ctl = dir.join("fiu-ctrl");
+    let injected = tmpfs.is_none();
+    if injected {
+        harness::disk::require_fiu();
+        eprintln!("cannot mount a tmpfs here: injecting ENOSPC with libfiu instead");
+    }
+    let fiu = harness::disk::fiu_program(&ctl);
+    let cluster = Cluster::start_with(1, &mnt, &raft_options(1000), seed, |_| {
+        injected.then(|| fiu.clone())
+    });
+    let node = cluster.proc(1);
+    let value = "x".repeat(32 << 10);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..2000 {
+        if injected && i == 50 {
+            let pid = node.pid().expect("running");
+            harness::disk::fiu_ctrl(
+                &ctl,
+                pid,
+                harness::disk::WRITE_POINTS,
+                Some(harness::disk::ENOSPC),
+            );
+        }
+        let key = format!("big-{i}");
+        match node.call(
+            &format!("put {key} {value}"),
+            harness::process::REPLY_TIMEOUT,
+        ) {
+            Reply::Line(l) if l == "OK" => acked.push(key),
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk never filled up");
+    eprintln!("after {} acknowledged writes: {refused:?}", acked.len());
+    expect_io_error(&refused, "a write that does not fit on the disk");
+    assert!(!acked.is_empty(), "nothing fitted at all");
+    expect_io_error(
+        &node.call("get big-0", harness::process::REPLY_TIMEOUT),
+        "a read after the replica failed",
+    );
+    // Room again: the replica restarts and has every acknowledged write.
+    node.kill9();
+    match &tmpfs {
+        Some(t) => t.resize(256),
+        None => node.set_program(vec![common::kvr_bin().display().to_string()]),
+    }
+    node.start();
+    for key in &acked {
+        let got = node.must(&format!("get {key}"), std::time::Duration::from_secs(60));
+        assert_eq!(got, value, "acknowledged write of {key} is lost");
+    }
+    assert_eq!(
+        node.must("put after-full ok", std::time::Duration::from_secs(60)),
+        "OK"
+    );
+    cluster.stop();
+    drop(cluster);
+    drop(tmpfs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait_leader(cluster: &Cluster) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let l = cluster.leader();
+        if l != 0 {
+            return l;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

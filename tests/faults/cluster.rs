@@ -37,6 +37,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` replicas (n = 1: single-node mode) with data under `dir`.
     pub fn start(n: usize, dir: &Path, opts: &[(String, String)], seed: u64) -> Cluster {
+        Cluster::start_with(n, dir, opts, seed, |_| None)
+    }
+
+    /// Like [`Cluster::start`], with a different argv prefix for some replicas (e.g. a
+    /// `fiu-run` wrapper).
+    pub fn start_with(
+        n: usize,
+        dir: &Path,
+        opts: &[(String, String)],
+        seed: u64,
+        program_for: impl Fn(u64) -> Option<Vec<String>>,
+    ) -> Cluster {
         std::fs::create_dir_all(dir).expect("creating the run directory");
         let ids: Vec<u64> = (1..=n as u64).collect();
         let net = (n > 1).then(|| Net::new(&ids, seed));
@@ -51,6 +63,9 @@ impl Cluster {
             })
             .collect();
         for p in &procs {
+            if let Some(program) = program_for(p.id) {
+                p.set_program(program);
+            }
             p.start();
         }
         Cluster {
