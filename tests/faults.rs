@@ -435,3 +435,94 @@ fn wait_leader(cluster: &Cluster) -> u64 {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The checker is able to say no: a read that returns a value overwritten before it began
+/// is a violation, while an unknown write that a later read observes is fine.
+#[test]
+fn checker_rejects_a_stale_read_and_accepts_unknown_writes() {
+    let dir = runs_dir().join(format!("checker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = r#"{"client":0,"op":"put","key":"r0","value":"a","call":0,"ret":10}
+{"client":1,"op":"put","key":"r0","value":"b","call":20,"ret":-1}
+{"client":2,"op":"get","key":"r0","found":true,"value":"a","call":30,"ret":40}
+{"client":2,"op":"get","key":"r0","found":true,"value":"b","call":50,"ret":60}
+{"client":3,"op":"delete","key":"r1","call":0,"ret":-1}
+{"client":4,"op":"get","key":"r1","found":false,"call":70,"ret":80}
+"#;
+    let path = dir.join("ok.jsonl");
+    std::fs::write(&path, ok).unwrap();
+    let v = harness::checker::check(&path, &dir);
+    assert!(v.linearizable, "{}", v.summary);
+    let stale = format!(
+        "{ok}{}\n",
+        r#"{"client":2,"op":"get","key":"r0","found":true,"value":"a","call":90,"ret":95}"#
+    );
+    let path = dir.join("stale.jsonl");
+    std::fs::write(&path, stale).unwrap();
+    let v = harness::checker::check(&path, &dir);
+    assert!(!v.linearizable, "a stale read passed: {}", v.summary);
+    assert!(
+        dir.join("linearizability.html").exists(),
+        "no visualization"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The proxy really drops, and really cuts: frames sent through a link with 100 % loss
+/// never arrive (the hello does), and a cut link refuses connections until healed.
+#[test]
+fn proxy_drops_frames_and_cuts_links() {
+    use std::io::{Read, Write};
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = harness::proxy::Proxy::start(target.local_addr().unwrap(), 1);
+    let frame = |kind: u8, body: &[u8]| {
+        let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        f.push(kind);
+        f.extend_from_slice(body);
+        f
+    };
+    proxy.ctl.set_loss(1000, 0, 0);
+    let mut c = std::net::TcpStream::connect(proxy.addr).unwrap();
+    c.write_all(&frame(1, b"hello")).unwrap();
+    for _ in 0..10 {
+        c.write_all(&frame(3, b"raft")).unwrap();
+    }
+    // The proxy works on its own threads: heal only once it has judged all ten.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while proxy
+        .ctl
+        .frames_dropped
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 10
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy dropped too few frames"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    proxy.ctl.heal();
+    c.write_all(&frame(3, b"last")).unwrap();
+    let (mut s, _) = target.accept().unwrap();
+    let mut got = vec![0u8; frame(1, b"hello").len() + frame(3, b"last").len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, [frame(1, b"hello"), frame(3, b"last")].concat());
+
+    proxy.ctl.cut();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "a cut link keeps its connection"
+    );
+    let mut c2 = std::net::TcpStream::connect(proxy.addr).unwrap();
+    let _ = c2.write_all(&frame(1, b"hello"));
+    c2.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        c2.read(&mut buf).unwrap_or(0),
+        0,
+        "a cut link accepted a connection"
+    );
+    drop(c);
+}
