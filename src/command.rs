@@ -22,6 +22,7 @@ mod op {
     pub const CAS: u8 = 5;
     pub const APPEND: u8 = 6;
     pub const EXPIRE: u8 = 7;
+    pub const PACKED: u8 = 8;
 }
 
 /// Flag bits of a compare-and-swap.
@@ -294,6 +295,49 @@ impl Command<'_> {
     }
 }
 
+/// Packs several encoded commands into one entry payload, so that a burst of proposals costs
+/// one Raft entry: `header (op PACKED, no session) | count u32 | (len u32 | command)*`.
+pub fn pack(commands: &[Vec<u8>]) -> Vec<u8> {
+    let bytes: usize = commands.iter().map(|c| 4 + c.len()).sum();
+    let mut out = Vec::with_capacity(HEADER_BYTES + 4 + bytes);
+    out.push(VERSION);
+    out.push(op::PACKED);
+    out.extend_from_slice(&[0u8; 24]);
+    out.extend_from_slice(&(commands.len() as u32).to_le_bytes());
+    for c in commands {
+        put_bytes(&mut out, c);
+    }
+    out
+}
+
+/// The commands packed in an entry payload, or `None` when it holds a single command.
+pub fn unpack(data: &[u8]) -> Result<Option<Vec<&[u8]>>> {
+    if data.len() < 2 || data[1] != op::PACKED {
+        return Ok(None);
+    }
+    let mut r = Reader { buf: data };
+    if r.u8()? != VERSION {
+        return Err(Error::Corrupt("packed command version unknown".into()));
+    }
+    r.take(1 + 24)?;
+    let n = r.count(4)?;
+    let mut parts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let part = r.bytes()?;
+        if part.get(1) == Some(&op::PACKED) {
+            return Err(Error::Corrupt("packed commands do not nest".into()));
+        }
+        parts.push(part);
+    }
+    if !r.buf.is_empty() {
+        return Err(Error::Corrupt(format!(
+            "{} trailing bytes after packed commands",
+            r.buf.len()
+        )));
+    }
+    Ok(Some(parts))
+}
+
 fn decode_batch<'a>(r: &mut Reader<'a>) -> Result<Vec<BatchOp<'a>>> {
     let n = r.count(5)?;
     let mut ops = Vec::with_capacity(n);
@@ -430,6 +474,30 @@ mod tests {
             assert_eq!(enc.len(), HEADER_BYTES + c.body_len(), "{c:?}");
             assert_eq!(Command::decode(&enc).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn packs_and_unpacks() {
+        let a = cmd(Op::Put {
+            key: b"a",
+            value: b"1",
+            expires_at_ms: 0,
+        })
+        .encode();
+        let b = cmd(Op::Delete { key: b"b" }).encode();
+        let packed = pack(&[a.clone(), b.clone()]);
+        let parts = unpack(&packed).unwrap().unwrap();
+        assert_eq!(parts, vec![&a[..], &b[..]]);
+        assert_eq!(unpack(&a).unwrap(), None);
+        for cut in 2..packed.len() {
+            assert!(unpack(&packed[..cut]).is_err(), "truncated at {cut}");
+        }
+        let nested = pack(std::slice::from_ref(&packed));
+        assert!(unpack(&nested).is_err());
+        assert!(
+            Command::decode(&packed).is_err(),
+            "a packed payload is not a command"
+        );
     }
 
     #[test]

@@ -234,25 +234,41 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Applies the command (or the packed commands) of a normal entry.
     fn apply_command(
         &self,
         txn: &mut ApplyTxn<'_>,
         e: &Entry,
         done: &mut Vec<(u64, Outcome)>,
     ) -> Result<()> {
-        let cmd = match Command::decode(&e.data) {
-            Ok(c) => c,
-            Err(err) => {
-                // A committed entry is part of history on every replica; it cannot be skipped
-                // on one of them without diverging, so refuse to go on.
-                return Err(Error::Corrupt(format!(
-                    "entry {} does not decode: {err}",
-                    e.index
-                )));
+        // A committed entry is part of history on every replica; it cannot be skipped on one
+        // of them without diverging, so one that does not decode stops the replica.
+        let corrupt =
+            |err: Error| Error::Corrupt(format!("entry {} does not decode: {err}", e.index));
+        match crate::command::unpack(&e.data).map_err(corrupt)? {
+            Some(parts) => {
+                for part in parts {
+                    let cmd = Command::decode(part).map_err(corrupt)?;
+                    self.apply_one(txn, cmd, e.index, done)?;
+                }
+                Ok(())
             }
-        };
+            None => {
+                let cmd = Command::decode(&e.data).map_err(corrupt)?;
+                self.apply_one(txn, cmd, e.index, done)
+            }
+        }
+    }
+
+    fn apply_one(
+        &self,
+        txn: &mut ApplyTxn<'_>,
+        cmd: Command<'_>,
+        index: u64,
+        done: &mut Vec<(u64, Outcome)>,
+    ) -> Result<()> {
         let mine = cmd.client_id == self.shared.client_id;
-        match txn.check_session(cmd.client_id, cmd.seq, cmd.watermark, e.index)? {
+        match txn.check_session(cmd.client_id, cmd.seq, cmd.watermark, index)? {
             Dedup::Duplicate(code) => {
                 self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
                 if mine {

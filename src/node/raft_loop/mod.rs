@@ -35,6 +35,10 @@ type ReadWaiter = Sender<Result<()>>;
 
 /// Most inbox messages handled before the next Ready.
 const INBOX_BATCH_MAX: usize = 4096;
+/// Most commands packed into one entry.
+const PACK_COMMANDS_MAX: usize = 512;
+/// Most bytes packed into one entry (a bigger single command still gets its own entry).
+const PACK_BYTES_MAX: usize = 256 << 10;
 
 /// Pacing of the raft thread.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +68,8 @@ pub struct RaftLoop {
     compaction_margin: u64,
     /// Reads that may be answered from the leader's lease.
     pending_lease_reads: Vec<ReadWaiter>,
+    /// Proposals that arrived in this iteration, proposed together.
+    pending_proposals: Vec<(u64, Vec<u8>)>,
     /// Until when this leader may answer lease reads without a quorum round.
     lease_until: Option<Instant>,
     /// How long a confirmed quorum contact keeps the lease.
@@ -99,6 +105,7 @@ impl RaftLoop {
             staged: HashMap::new(),
             compaction_margin: timing.compaction_margin,
             pending_lease_reads: Vec::new(),
+            pending_proposals: Vec::new(),
             lease_until: None,
             // Followers do not vote for another leader until an election timeout after they
             // last heard from this one; keep a fifth of it as margin for clock drift.
@@ -135,6 +142,7 @@ impl RaftLoop {
             if self.shared.stopping.load(Ordering::Relaxed) {
                 break;
             }
+            self.flush_proposals();
             self.flush_reads();
             let now = Instant::now();
             if now >= next_tick {
@@ -166,9 +174,7 @@ impl RaftLoop {
         match m {
             RaftMsg::Propose { seq, data } => {
                 self.shared.proposals.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.raw.propose(Vec::new(), data) {
-                    self.shared.waiters.notify(seq, Err(Error::from(e)));
-                }
+                self.pending_proposals.push((seq, data));
             }
             RaftMsg::Read {
                 reply,
@@ -259,6 +265,36 @@ impl RaftLoop {
             }
         }
         false
+    }
+
+    /// Proposes the commands that arrived in this iteration, packed several to an entry: a
+    /// burst of writes costs a few Raft entries, not one each.
+    fn flush_proposals(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_proposals);
+        while !pending.is_empty() {
+            let mut bytes = 0;
+            let n = pending
+                .iter()
+                .take_while(|(_, d)| {
+                    bytes += d.len() + 4;
+                    bytes <= PACK_BYTES_MAX
+                })
+                .count()
+                .clamp(1, PACK_COMMANDS_MAX);
+            let chunk: Vec<(u64, Vec<u8>)> = pending.drain(..n).collect();
+            let (seqs, mut datas): (Vec<u64>, Vec<Vec<u8>>) = chunk.into_iter().unzip();
+            let data = if datas.len() == 1 {
+                datas.pop().expect("one command")
+            } else {
+                crate::command::pack(&datas)
+            };
+            if let Err(e) = self.raw.propose(Vec::new(), data) {
+                let e = Error::from(e);
+                for seq in seqs {
+                    self.shared.waiters.notify(seq, Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// Answers lease reads from a valid lease, and turns the other reads that arrived in this
