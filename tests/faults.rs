@@ -230,7 +230,7 @@ fn put_acked(node: &harness::process::Proc, key: &str, value: &str) {
 
 /// Every acknowledged key is on every replica, with its value.
 fn assert_present(cluster: &Cluster, acked: &[(String, String)]) {
-    for p in &cluster.procs {
+    for p in &cluster.members() {
         for (k, v) in acked {
             let got = p.must(&format!("sget {k}"), std::time::Duration::from_secs(30));
             assert_eq!(&got, v, "node {}: acknowledged write of {k} is lost", p.id);
@@ -279,7 +279,7 @@ fn disk_eio(victim_leads: bool, points: &[&str]) {
     }
     let mut acked = Vec::new();
     for i in 0..30 {
-        let p = &cluster.procs[i % 3];
+        let p = &cluster.members()[i % 3];
         let (k, v) = (format!("pre-{i}"), format!("v{i}"));
         put_acked(p, &k, &v);
         acked.push((k, v));
@@ -301,7 +301,7 @@ fn disk_eio(victim_leads: bool, points: &[&str]) {
 
     // The other two are a majority and go on (electing a new leader if the victim led).
     for i in 0..30 {
-        let p = &cluster.procs[i % 2];
+        let p = &cluster.members()[i % 2];
         let (k, v) = (format!("post-{i}"), format!("w{i}"));
         put_acked(p, &k, &v);
         acked.push((k, v));

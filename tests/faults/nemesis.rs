@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
+use super::process::Proc;
 use super::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,15 +27,19 @@ pub enum Kind {
     Degrade,
     /// Move leadership to another replica.
     Transfer,
+    /// Replace a replica (the leader half the time): remove it, add a new, empty one that
+    /// catches up by snapshot.
+    Membership,
 }
 
-pub const KINDS: [Kind; 6] = [
+pub const KINDS: [Kind; 7] = [
     Kind::Kill,
     Kind::Pause,
     Kind::Partition,
     Kind::LeaderIsolation,
     Kind::Degrade,
     Kind::Transfer,
+    Kind::Membership,
 ];
 
 impl Kind {
@@ -45,6 +51,7 @@ impl Kind {
             Kind::LeaderIsolation => "leader-isolation",
             Kind::Degrade => "degrade",
             Kind::Transfer => "transfer",
+            Kind::Membership => "membership",
         }
     }
 
@@ -59,6 +66,10 @@ pub type FaultCounts = BTreeMap<String, u64>;
 
 pub struct Nemesis<'a> {
     pub cluster: &'a Cluster,
+    /// Starts a client for a replica that joined.
+    pub on_join: &'a dyn Fn(Arc<Proc>),
+    /// What went wrong on the nemesis's side (a membership change that never completed).
+    pub problems: Vec<String>,
     pub kinds: Vec<Kind>,
     pub rng: Rng,
     /// Longest a fault is held, in ms.
@@ -66,12 +77,13 @@ pub struct Nemesis<'a> {
     /// Longest quiet spell between episodes, in ms.
     pub quiet_ms_max: u64,
     pub counts: FaultCounts,
+    pub started: Instant,
 }
 
 impl Nemesis<'_> {
     /// Runs episodes until `deadline` (or `stop`), then heals everything.
     pub fn run(&mut self, deadline: Instant, stop: &AtomicBool) {
-        let single = self.cluster.procs.len() == 1;
+        let single = self.cluster.ids().len() == 1;
         self.kinds.retain(|k| !(single && k.networked()));
         while Instant::now() < deadline && !stop.load(Ordering::SeqCst) && !self.kinds.is_empty() {
             let quiet = self.rng.range(300, self.quiet_ms_max);
@@ -86,26 +98,43 @@ impl Nemesis<'_> {
             };
             let mut chosen = self.kinds.clone();
             self.rng.shuffle(&mut chosen);
-            for k in chosen.into_iter().take(n) {
+            chosen.truncate(n);
+            // A membership change goes first, while the cluster can still make progress;
+            // the other fault of the episode then hits it while the new replica catches up.
+            chosen.sort_by_key(|k| *k != Kind::Membership);
+            for k in chosen {
                 let what = self.apply(k);
-                eprintln!("nemesis: {what}");
+                self.log(&what);
                 *self.counts.entry(what).or_default() += 1;
             }
             let hold = self.rng.range(500, self.hold_ms_max);
             sleep_until(Instant::now() + Duration::from_millis(hold), deadline);
             self.cluster.heal();
+            self.log("healed");
         }
         self.cluster.heal();
     }
 
+    fn log(&self, what: &str) {
+        eprintln!(
+            "nemesis +{:.1}s: {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
     fn ids(&self) -> Vec<u64> {
-        self.cluster.procs.iter().map(|p| p.id).collect()
+        self.cluster.ids()
+    }
+
+    fn leader(&mut self) -> u64 {
+        let pick = self.rng.below(64) as usize;
+        self.cluster.leader_hint(pick)
     }
 
     /// A replica to hit: the leader about half the time, when one is known.
     fn target(&mut self) -> u64 {
         if self.rng.chance(50) {
-            let l = self.cluster.leader();
+            let l = self.leader();
             if l != 0 {
                 return l;
             }
@@ -131,8 +160,22 @@ impl Nemesis<'_> {
                 net.degrade(drop, delay, jitter);
                 "degrade/loss+delay".into()
             }
+            Kind::Membership => {
+                let victim = self.target();
+                match self.cluster.replace(victim) {
+                    Ok(p) => {
+                        self.log(&format!("replaced node {victim} by node {}", p.id));
+                        (self.on_join)(p);
+                        "membership/replace".into()
+                    }
+                    Err(e) => {
+                        self.problems.push(format!("replacing node {victim}: {e}"));
+                        "membership/failed".into()
+                    }
+                }
+            }
             Kind::Transfer => {
-                let l = self.cluster.leader();
+                let l = self.leader();
                 let others: Vec<u64> = self.ids().into_iter().filter(|&i| i != l).collect();
                 if l == 0 {
                     return "transfer/no-leader".into();
@@ -141,8 +184,8 @@ impl Nemesis<'_> {
                 let reply = self
                     .cluster
                     .proc(l)
-                    .call(&format!("transfer {to}"), Duration::from_secs(30));
-                eprintln!("nemesis: transfer {l} -> {to}: {reply:?}");
+                    .admin_call(&format!("transfer {to}"), Duration::from_secs(30));
+                self.log(&format!("transfer {l} -> {to}: {reply:?}"));
                 "transfer".into()
             }
         }
@@ -197,7 +240,7 @@ impl Nemesis<'_> {
 
     fn isolate_leader(&mut self) -> String {
         let net = self.cluster.net.as_ref().expect("networked");
-        let mut l = self.cluster.leader();
+        let mut l = self.leader();
         if l == 0 {
             l = *self.rng.pick(&self.ids());
         }

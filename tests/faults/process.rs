@@ -74,6 +74,10 @@ pub struct Proc {
     program: Mutex<Vec<String>>,
     args: Vec<String>,
     state: Mutex<State>,
+    /// Removed from the cluster: its process is stopped for good.
+    retired: std::sync::atomic::AtomicBool,
+    /// Admin calls waiting for the REPL; clients let them go first.
+    admin_waiting: std::sync::atomic::AtomicU32,
 }
 
 impl Proc {
@@ -99,6 +103,8 @@ impl Proc {
             program: Mutex::new(vec![crate::common::kvr_bin().display().to_string()]),
             args,
             state: Mutex::new(State::default()),
+            retired: Default::default(),
+            admin_waiting: Default::default(),
         }
     }
 
@@ -114,7 +120,7 @@ impl Proc {
     /// Starts the process unless it is running already.
     pub fn start(&self) {
         let mut st = self.state();
-        if st.child.is_some() {
+        if st.child.is_some() || self.retired() {
             return;
         }
         let log = OpenOptions::new()
@@ -158,6 +164,17 @@ impl Proc {
         st.paused = false;
     }
 
+    /// Stops the process for good (the replica left the cluster).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.kill9();
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn running(&self) -> bool {
         self.state().child.is_some()
     }
@@ -192,6 +209,27 @@ impl Proc {
         self.state().paused
     }
 
+    /// Like [`Proc::call`], ahead of clients: the REPL's lock is not fair, and a client that
+    /// issues its next call at once could otherwise keep an admin call (a status query of
+    /// the nemesis) waiting for several client calls, each up to a request timeout.
+    pub fn admin_call(&self, line: &str, timeout: Duration) -> Reply {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.admin_waiting.fetch_add(1, SeqCst);
+        let r = self.call(line, timeout);
+        self.admin_waiting.fetch_sub(1, SeqCst);
+        r
+    }
+
+    /// Waits while admin calls are queued (clients call this before each call).
+    pub fn yield_to_admin(&self) {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while self.admin_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Sends one command and waits for its reply. A lost REPL (no reply in time) is killed
     /// and restarted, so the next command starts in step again.
     pub fn call(&self, line: &str, timeout: Duration) -> Reply {
@@ -222,7 +260,7 @@ impl Proc {
     pub fn must(&self, line: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
-            match self.call(line, REPLY_TIMEOUT) {
+            match self.admin_call(line, REPLY_TIMEOUT) {
                 Reply::Line(l) => return l,
                 other => assert!(
                     Instant::now() < deadline,

@@ -98,9 +98,16 @@ impl LinkCtl {
     }
 }
 
-/// One directed link's proxy: a listener thread plus threads per proxied connection.
+/// Which link a connection belongs to, given the dialer's node id from its hello (`None`:
+/// refuse the connection).
+pub type Route = Arc<dyn Fn(u64) -> Option<Arc<LinkCtl>> + Send + Sync>;
+
+/// One proxy: a listener thread plus threads per proxied connection. Usually it serves one
+/// directed link; a routed proxy serves every link into one node, telling them apart by the
+/// sender named in the hello.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The link's faults (of a routed proxy: unused).
     pub ctl: Arc<LinkCtl>,
     stop: Arc<AtomicBool>,
     accept: Option<thread::JoinHandle<()>>,
@@ -109,14 +116,24 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on an ephemeral port of 127.0.0.1 and forwards to `target`.
     pub fn start(target: SocketAddr, seed: u64) -> Proxy {
+        let ctl = Arc::new(LinkCtl::default());
+        let c = ctl.clone();
+        Proxy::spawn(target, ctl, Arc::new(move |_| Some(c.clone())), seed)
+    }
+
+    /// A proxy to `target` for every sender, each with the faults `route` gives it.
+    pub fn start_routed(target: SocketAddr, route: Route, seed: u64) -> Proxy {
+        Proxy::spawn(target, Arc::new(LinkCtl::default()), route, seed)
+    }
+
+    fn spawn(target: SocketAddr, ctl: Arc<LinkCtl>, route: Route, seed: u64) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a proxy port");
         let addr = listener.local_addr().expect("proxy address");
-        let ctl = Arc::new(LinkCtl::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (ctl.clone(), stop.clone());
+        let s = stop.clone();
         let accept = thread::Builder::new()
             .name(format!("proxy-{}", addr.port()))
-            .spawn(move || accept_loop(listener, target, c, s, Rng::new(seed)))
+            .spawn(move || accept_loop(listener, target, route, s, Rng::new(seed)))
             .expect("spawning a proxy thread");
         Proxy {
             addr,
@@ -145,7 +162,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
-    ctl: Arc<LinkCtl>,
+    route: Route,
     stop: Arc<AtomicBool>,
     mut rng: Rng,
 ) {
@@ -154,26 +171,50 @@ fn accept_loop(
             return;
         }
         let Ok(down) = conn else { continue };
-        if ctl.cut.load(Ordering::SeqCst) {
-            let _ = down.shutdown(Shutdown::Both);
-            continue;
-        }
-        let ctl = ctl.clone();
+        let route = route.clone();
         let seed = rng.next_u64();
         let _ = thread::Builder::new()
             .name("proxy-conn".into())
-            .spawn(move || serve(down, target, ctl, Rng::new(seed)));
+            .spawn(move || serve(down, target, route, Rng::new(seed)));
     }
 }
 
+/// The sender's node id in a hello frame: `len u32 | kind u8 | magic [4] | version u16 |
+/// cluster_id u64 | from u64 (little-endian) | ...`.
+fn hello_from(frame: &[u8]) -> Option<u64> {
+    let b = frame.get(19..27)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
 /// Proxies one connection until either side closes or the link is cut.
-fn serve(down: TcpStream, target: SocketAddr, ctl: Arc<LinkCtl>, rng: Rng) {
-    let Ok(up) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
+fn serve(mut down: TcpStream, target: SocketAddr, route: Route, rng: Rng) {
+    let _ = down.set_read_timeout(Some(Duration::from_secs(10)));
+    let hello = read_frame(&mut down);
+    let _ = down.set_read_timeout(None);
+    // A hello too short to name its sender is still forwarded on a dedicated link (kvr
+    // will refuse it); a routed proxy cannot place it and refuses it.
+    let ctl = hello
+        .as_ref()
+        .ok()
+        .and_then(|h| route(hello_from(h).unwrap_or(0)));
+    let (Ok(hello), Some(ctl)) = (hello, ctl) else {
+        let _ = down.shutdown(Shutdown::Both);
+        return;
+    };
+    if ctl.cut.load(Ordering::SeqCst) {
+        let _ = down.shutdown(Shutdown::Both);
+        return;
+    }
+    let Ok(mut up) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
         let _ = down.shutdown(Shutdown::Both);
         return;
     };
     let _ = up.set_nodelay(true);
     let _ = down.set_nodelay(true);
+    if up.write_all(&hello).is_err() {
+        let _ = down.shutdown(Shutdown::Both);
+        return;
+    }
     let clones = (
         down.try_clone(),
         up.try_clone(),
@@ -184,7 +225,7 @@ fn serve(down: TcpStream, target: SocketAddr, ctl: Arc<LinkCtl>, rng: Rng) {
         return;
     };
     let id = ctl.register(vec![down_reg, up_reg]);
-    // A link cut between the check in accept_loop and the registration above.
+    // A link cut between the check above and the registration.
     if ctl.cut.load(Ordering::SeqCst) {
         ctl.unregister(id);
         return;
@@ -216,11 +257,10 @@ fn read_frame(r: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(frame)
 }
 
-/// Forwards frames from the dialer to the target, applying the link's faults.
+/// Forwards frames after the hello from the dialer to the target, applying the link's
+/// faults.
 fn pump(mut down: TcpStream, up: TcpStream, ctl: &LinkCtl, mut rng: Rng) -> io::Result<()> {
-    let mut up_direct = up.try_clone()?;
-    let hello = read_frame(&mut down)?;
-    up_direct.write_all(&hello)?;
+    let up_direct = up.try_clone()?;
     // Delayed frames go through a queue to a writer thread that releases each at its time;
     // release times never decrease, so order is kept.
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();

@@ -12,7 +12,7 @@ use super::checker;
 use super::cluster::{raft_options, Cluster, CONVERGE_TIMEOUT};
 use super::history::{History, Op, OpKind, Outcome};
 use super::nemesis::{FaultCounts, Kind, Nemesis, KINDS};
-use super::process::Reply;
+use super::process::{Proc, Reply};
 use super::rng::Rng;
 use super::workload::{read_result, Client, ClientStats, Mix};
 
@@ -35,7 +35,7 @@ impl Spec {
     pub fn from_seed(seed: u64, secs: u64) -> Spec {
         let nodes = if seed & 1 == 0 { 3 } else { 5 };
         let mut rng = Rng::new(seed);
-        let mut kinds = vec![KINDS[((seed >> 1) % KINDS.len() as u64) as usize]];
+        let mut kinds = vec![KINDS[((seed >> 1) & 0xf) as usize % KINDS.len()]];
         for _ in 0..rng.below(3) {
             let k = *rng.pick(&KINDS);
             if !kinds.contains(&k) {
@@ -112,6 +112,8 @@ pub struct Report {
     pub digest: String,
     /// Raft messages the proxies forwarded and dropped.
     pub frames: (u64, u64),
+    /// Where the schedule's time went.
+    pub timing: String,
     /// Highest term any replica reached (elections happened when it is above a few).
     pub term: u64,
     pub dir: PathBuf,
@@ -132,7 +134,7 @@ impl Report {
             .collect();
         format!(
             "seed={} nodes={} ops={} ok={} unknown={} failed_reads={} acked_adds={} faults=[{}] \
-             frames={}/{}dropped term={} violations={} lost={} phantoms={} {} | {}",
+             frames={}/{}dropped term={} violations={} lost={} phantoms={} {} | {} | {}",
             self.seed,
             self.nodes,
             self.ops,
@@ -148,7 +150,8 @@ impl Report {
             self.lost,
             self.phantoms,
             if self.passed() { "PASS" } else { "FAIL" },
-            self.checker
+            self.checker,
+            self.timing
         )
     }
 }
@@ -161,6 +164,7 @@ pub fn run(spec: &Spec, root: &Path) -> Report {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("schedule {} in {}", spec.describe(), dir.display());
     let opts = raft_options(spec.snapshot_entries);
+    let booted = Instant::now();
     let cluster = Cluster::start(spec.nodes, &dir, &opts, spec.seed);
     let mut report = Report {
         seed: spec.seed,
@@ -176,43 +180,58 @@ pub fn run(spec: &Spec, root: &Path) -> Report {
     let stats = Arc::new(ClientStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let rng = Rng::new(spec.seed);
-    let clients: Vec<_> = cluster
-        .procs
-        .iter()
-        .map(|p| {
-            let c = Client::new(
-                p.clone(),
-                history.clone(),
-                stats.clone(),
-                spec.mix.clone(),
-                rng.fork(p.id),
-            );
-            let stop = stop.clone();
-            thread::spawn(move || c.run(&stop))
-        })
-        .collect();
+    let clients = std::sync::Mutex::new(Vec::new());
+    let spawn_client = |p: Arc<Proc>| {
+        let c = Client::new(
+            p.clone(),
+            history.clone(),
+            stats.clone(),
+            spec.mix.clone(),
+            rng.fork(p.id),
+        );
+        let stop = stop.clone();
+        let h = thread::spawn(move || c.run(&stop));
+        clients.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+    };
+    for p in cluster.members() {
+        spawn_client(p);
+    }
     let mut nemesis = Nemesis {
         cluster: &cluster,
+        on_join: &spawn_client,
+        problems: Vec::new(),
         kinds: spec.kinds.clone(),
         rng: rng.fork(0),
         hold_ms_max: spec.hold_ms_max,
         quiet_ms_max: spec.quiet_ms_max,
         counts: FaultCounts::new(),
+        started: Instant::now(),
     };
+    let started = Instant::now();
     nemesis.run(
         Instant::now() + Duration::from_secs(spec.secs),
         &AtomicBool::new(false),
     );
+    let faulted = started.elapsed();
+    report.problems.append(&mut nemesis.problems);
     report.faults = nemesis.counts;
     stop.store(true, Ordering::SeqCst);
-    for c in clients {
+    for c in clients.into_inner().unwrap_or_else(|p| p.into_inner()) {
         c.join().expect("client thread");
     }
     report.ops = stats.ops.load(Ordering::Relaxed);
     report.ok = stats.ok.load(Ordering::Relaxed);
     report.unknown = stats.unknown.load(Ordering::Relaxed);
     report.failed_reads = stats.failed_reads.load(Ordering::Relaxed);
+    let drained = started.elapsed();
     verify(spec, &cluster, &history, &mut report);
+    report.timing = format!(
+        "leader after {:.0}s, faults {:.0}s, clients drained {:.0}s, checked {:.0}s",
+        (started - booted).as_secs_f64(),
+        faulted.as_secs_f64(),
+        (drained - faulted).as_secs_f64(),
+        (started.elapsed() - drained).as_secs_f64()
+    );
     if let Some(net) = &cluster.net {
         report.frames = net.frame_counts();
     }
@@ -263,7 +282,7 @@ pub fn verify(spec: &Spec, cluster: &Cluster, history: &History, report: &mut Re
 
 /// A linearizable read of every register key on every replica, into the history.
 fn final_reads(spec: &Spec, cluster: &Cluster, history: &History, report: &mut Report) {
-    for p in &cluster.procs {
+    for p in &cluster.members() {
         for k in 0..spec.mix.keys {
             let key = format!("r{k}");
             let call_ns = history.now_ns();
@@ -288,7 +307,7 @@ fn final_reads(spec: &Spec, cluster: &Cluster, history: &History, report: &mut R
 /// Every acknowledged add must be present on every replica (they have converged: reading
 /// one replica locally is enough), and no add that definitely failed may be.
 fn check_set(cluster: &Cluster, history: &History, report: &mut Report) {
-    let p = &cluster.procs[0];
+    let p = &cluster.members()[0];
     for (element, outcome) in history.adds() {
         let r = p.call(&format!("sget {element}"), Duration::from_secs(60));
         let present = match &r {
@@ -327,7 +346,7 @@ fn check_set(cluster: &Cluster, history: &History, report: &mut Report) {
 /// distance from the applied index at open, unless a snapshot replaced the state), and the
 /// replica did not fail closed.
 fn check_status(cluster: &Cluster, report: &mut Report) {
-    for p in &cluster.procs {
+    for p in &cluster.members() {
         let st = p.status();
         let n = |k: &str| st.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         if n("snapshots_installed") == 0

@@ -90,7 +90,7 @@ impl Client {
     }
 
     pub fn run(mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.load(Ordering::SeqCst) && !self.node.retired() {
             if !self.node.running() {
                 thread::sleep(Duration::from_millis(20));
                 continue;
@@ -100,6 +100,7 @@ impl Client {
     }
 
     fn one_op(&mut self) {
+        self.node.yield_to_admin();
         self.seq += 1;
         let node = self.node.id;
         if self.rng.chance(self.mix.set_percent) {
