@@ -348,15 +348,19 @@ fn check_set(cluster: &Cluster, history: &History, report: &mut Report) {
 fn check_status(cluster: &Cluster, report: &mut Report) {
     for p in &cluster.members() {
         let st = p.status();
-        let n = |k: &str| st.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if n("snapshots_installed") == 0
-            && n("entries_applied") != n("applied") - n("applied_at_open")
-        {
+        if !st.contains_key("applied") {
+            report
+                .problems
+                .push(format!("node {}: no status after healing: {st:?}", p.id));
+            continue;
+        }
+        let n = |k: &str| st.get(k).and_then(|v| v.parse::<i128>().ok()).unwrap_or(0);
+        let since_open = n("applied") - n("applied_at_open");
+        if n("snapshots_installed") == 0 && n("entries_applied") != since_open {
             report.problems.push(format!(
-                "node {}: entries_applied={} but applied - applied_at_open = {}",
+                "node {}: entries_applied={} but applied - applied_at_open = {since_open}",
                 p.id,
                 n("entries_applied"),
-                n("applied") - n("applied_at_open")
             ));
         }
         if n("applied") > n("commit") {
@@ -367,7 +371,7 @@ fn check_status(cluster: &Cluster, report: &mut Report) {
                 n("commit")
             ));
         }
-        report.term = report.term.max(n("term"));
+        report.term = report.term.max(n("term") as u64);
         report.status.push(st);
     }
 }
