@@ -20,7 +20,7 @@ fn entry(index: u64, term: u64) -> Entry {
 
 /// A store truncated at (3, 3) holding entries 4, 5, 6 with terms 4, 5, 6.
 fn store_3_456(dir: &std::path::Path) -> LogStore {
-    let mut s = LogStore::open(dir, 64).unwrap();
+    let mut s = LogStore::open(dir).unwrap();
     s.reset_to(3, 3, HardState::default()).unwrap();
     s.append(&[entry(4, 4), entry(5, 5), entry(6, 6)], None)
         .unwrap();
@@ -95,7 +95,7 @@ fn entries_contract() {
 fn entries_from_disk_match_entries_from_cache() {
     let d = tempfile::tempdir().unwrap();
     let from_cache = store_3_456(d.path()).entries(4, 7, None, ctx()).unwrap();
-    let reopened = LogStore::open(d.path(), 64).unwrap();
+    let reopened = LogStore::open(d.path()).unwrap();
     assert_eq!(reopened.entries(4, 7, None, ctx()).unwrap(), from_cache);
     assert_eq!(reopened.entries(4, 7, Some(0), ctx()).unwrap().len(), 1);
     assert_eq!(reopened.term(5).unwrap(), 5);
@@ -136,7 +136,7 @@ fn compact() {
         assert_eq!(s.term(want_first - 1).unwrap(), (want_first - 1).max(3));
         assert!(compacted(s.term(want_first - 2)) || want_first - 2 < 3);
         drop(s);
-        let s = LogStore::open(d.path(), 64).unwrap();
+        let s = LogStore::open(d.path()).unwrap();
         assert_eq!(
             s.first_index().unwrap(),
             want_first,
@@ -187,7 +187,7 @@ fn append_overwrites_conflicts_and_rejects_holes() {
                     .collect();
                 assert_eq!(got, want, "case {i}");
                 drop(s);
-                let s = LogStore::open(d.path(), 64).unwrap();
+                let s = LogStore::open(d.path()).unwrap();
                 let reread: Vec<(u64, u64)> = s
                     .entries(4, s.last_index().unwrap() + 1, None, ctx())
                     .unwrap()
@@ -220,7 +220,7 @@ fn hard_state_and_identity_persist() {
         })
         .unwrap();
     }
-    let s = LogStore::open(d.path(), 64).unwrap();
+    let s = LogStore::open(d.path()).unwrap();
     let st = s.initial_state().unwrap();
     assert_eq!(
         (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
@@ -239,7 +239,7 @@ fn hard_state_and_identity_persist() {
 #[test]
 fn bootstrap_starts_after_init_index() {
     let d = tempfile::tempdir().unwrap();
-    let mut s = LogStore::open(d.path(), 64).unwrap();
+    let mut s = LogStore::open(d.path()).unwrap();
     assert!(s.is_empty());
     let cs = ConfState {
         voters: vec![1, 2, 3],

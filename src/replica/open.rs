@@ -26,7 +26,7 @@ pub(super) struct OnDisk {
 pub(super) fn open_dir(cfg: &Config) -> Result<OnDisk> {
     let lock = DirLock::acquire(&cfg.dir)?;
     storage::remove_stale_dirs(&cfg.dir)?;
-    let mut log = LogStore::open(&cfg.dir.join("log"), cfg.map_size_mb)?;
+    let mut log = LogStore::open(&cfg.dir.join("wal"))?;
     let data_dir = storage::current_data_dir(&cfg.dir)?;
     let fresh = log.identity()?.is_none() && log.is_empty();
     if fresh {

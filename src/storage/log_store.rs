@@ -1,24 +1,21 @@
-//! The Raft log in its own LMDB environment, implementing [`raft::Storage`].
+//! The Raft log, implementing [`raft::Storage`] on the write-ahead log of [`super::wal`].
 //!
-//! Layout: database `entries` maps the big-endian index to the protobuf-encoded entry;
-//! database `meta` holds `hard_state`, `truncated` (index and term of the last entry dropped by
-//! compaction or replaced by a snapshot) and `identity`. The log always covers
-//! `(truncated_index, last_index]` without gaps.
+//! The log always covers `(truncated_index, last_index]` without gaps. An in-memory index maps
+//! each of those entries to its place in the segment files; recent entries are also kept
+//! decoded in a bounded cache, so replicating them and handing them to the apply thread never
+//! touches the disk.
 //!
-//! Only the raft thread mutates a `LogStore`. Every mutation is one write transaction, and a
-//! write transaction commit in this environment is a full LMDB sync: once [`LogStore::append`]
-//! returns, the entries and hard state survive power loss.
+//! Only the raft thread mutates a `LogStore`. Every append is one write and one fdatasync:
+//! once [`LogStore::append`] returns, the entries and hard state survive power loss.
 
 use std::collections::VecDeque;
 use std::path::Path;
 
-use heed::byteorder::BigEndian;
-use heed::types::{Bytes, Str, U64};
-use heed::{Database, Env, EnvFlags, PutFlags, WithoutTls};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use super::wal::{Loc, Meta, Wal};
 use crate::error::{Error, Result};
 
 /// Index and term at which a freshly bootstrapped cluster starts. Starting above zero means a
@@ -32,9 +29,6 @@ pub const INIT_TERM: u64 = 5;
 const CACHE_BYTES_MAX: usize = 64 << 20;
 /// Most entries kept decoded in memory.
 const CACHE_ENTRIES_MAX: usize = 200_000;
-
-type EntriesDb = Database<U64<BigEndian>, Bytes>;
-type MetaDb = Database<Str, Bytes>;
 
 /// Persistent identity of a replica's log: which cluster and node it belongs to, and a random
 /// incarnation chosen when the log was created (a wiped replica comes back with a new one).
@@ -53,105 +47,89 @@ pub type SnapshotSource = Box<dyn Fn(u64, u64) -> raft::Result<Snapshot> + Send>
 
 /// The Raft log store. See the module docs.
 pub struct LogStore {
-    env: Env<WithoutTls>,
-    entries_db: EntriesDb,
-    meta_db: MetaDb,
+    wal: Wal,
     hard_state: HardState,
+    /// The hard state last written to the wal.
+    persisted_hs: HardState,
     conf_state: ConfState,
     truncated_index: u64,
     truncated_term: u64,
     last_index: u64,
+    /// `(term, location)` of every entry in `(truncated_index, last_index]`.
+    index: VecDeque<(u64, Loc)>,
     cache: EntryCache,
     snapshot_source: Option<SnapshotSource>,
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the log environment at `path`.
-    pub fn open(path: &Path, map_size_mb: u64) -> Result<LogStore> {
-        let env = super::open_env(path, map_size_mb, 4, EnvFlags::empty())?;
-        let mut wtxn = env.write_txn()?;
-        let entries_db: EntriesDb = env.create_database(&mut wtxn, Some("entries"))?;
-        let meta_db: MetaDb = env.create_database(&mut wtxn, Some("meta"))?;
-        wtxn.commit()?;
-
-        let rtxn = env.read_txn()?;
-        let hard_state = match meta_db.get(&rtxn, "hard_state")? {
-            Some(b) => HardState::parse_from_bytes(b)
-                .map_err(|e| Error::Corrupt(format!("log hard_state: {e}")))?,
-            None => HardState::default(),
-        };
-        let (truncated_index, truncated_term) = match meta_db.get(&rtxn, "truncated")? {
-            Some(b) => decode_pair(b).ok_or_else(|| Error::Corrupt("log truncated".into()))?,
-            None => (0, 0),
-        };
-        let last_index = match entries_db.last(&rtxn)? {
-            Some((i, _)) => i,
-            None => truncated_index,
-        };
-        if let Some((first, _)) = entries_db.first(&rtxn)? {
-            if first != truncated_index + 1 {
+    /// Opens (creating if needed) the log in directory `path` and recovers it.
+    pub fn open(path: &Path) -> Result<LogStore> {
+        let (wal, rec) = Wal::open(path)?;
+        let (truncated_index, truncated_term) = wal.meta().truncated;
+        let mut index: VecDeque<(u64, Loc)> = VecDeque::new();
+        let mut last_index = truncated_index;
+        for (i, term, loc) in rec.entries {
+            if i <= truncated_index {
+                continue;
+            }
+            if i <= last_index {
+                // A later write replaced this suffix (a conflict resolved by the leader).
+                index.truncate((i - truncated_index - 1) as usize);
+            } else if i != last_index + 1 {
                 return Err(Error::Corrupt(format!(
-                    "log starts at {first}, expected {} (truncated at {truncated_index})",
-                    truncated_index + 1
+                    "wal has entry {i} after {last_index}: a gap"
                 )));
             }
+            index.push_back((term, loc));
+            last_index = i;
         }
-        if last_index < truncated_index {
-            return Err(Error::Corrupt(format!(
-                "log last index {last_index} below truncation point {truncated_index}"
-            )));
-        }
-        drop(rtxn);
         Ok(LogStore {
-            env,
-            entries_db,
-            meta_db,
-            hard_state,
+            wal,
+            persisted_hs: rec.hard_state.clone(),
+            hard_state: rec.hard_state,
             conf_state: ConfState::default(),
             truncated_index,
             truncated_term,
             last_index,
+            index,
             cache: EntryCache::default(),
             snapshot_source: None,
         })
     }
 
-    /// True when nothing was ever written: no hard state, no entries, no truncation point.
+    /// True when nothing was ever written: no identity, hard state, entries or truncation point.
     pub fn is_empty(&self) -> bool {
-        self.hard_state == HardState::default() && self.last_index == 0 && self.truncated_index == 0
+        self.wal.meta().identity.is_none()
+            && self.hard_state == HardState::default()
+            && self.last_index == 0
+            && self.truncated_index == 0
     }
 
     /// Stored identity, if any.
     pub fn identity(&self) -> Result<Option<Identity>> {
-        let rtxn = self.env.read_txn()?;
-        let Some(b) = self.meta_db.get(&rtxn, "identity")? else {
-            return Ok(None);
-        };
-        if b.len() != 24 {
-            return Err(Error::Corrupt("log identity has the wrong length".into()));
-        }
-        let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        Ok(Some(Identity {
-            cluster_id: word(0),
-            node_id: word(1),
-            incarnation: word(2),
-        }))
+        Ok(self.wal.meta().identity)
     }
 
-    /// Stores the identity (done once, when the log is created).
+    /// Stores the identity.
     pub fn set_identity(&mut self, id: Identity) -> Result<()> {
-        let mut b = Vec::with_capacity(24);
-        for w in [id.cluster_id, id.node_id, id.incarnation] {
-            b.extend_from_slice(&w.to_le_bytes());
+        let meta = Meta {
+            identity: Some(id),
+            ..self.meta_now()
+        };
+        self.wal.write_meta(meta)
+    }
+
+    fn meta_now(&self) -> Meta {
+        Meta {
+            identity: self.wal.meta().identity,
+            truncated: (self.truncated_index, self.truncated_term),
+            floor: self.wal.meta().floor,
+            hard_state: self.hard_state.clone(),
         }
-        let mut wtxn = self.env.write_txn()?;
-        self.meta_db.put(&mut wtxn, "identity", &b)?;
-        wtxn.commit()?;
-        Ok(())
     }
 
     /// Gives a fresh log its identity and, for a founding member, its starting point `(index,
-    /// term)` and membership, in one durable txn: a log has an identity exactly when it has
+    /// term)` and membership, in one atomic write: a log has an identity exactly when it has
     /// been initialized. A replica that joins an existing cluster passes no starting point and
     /// waits for a snapshot.
     pub fn initialize(
@@ -160,37 +138,31 @@ impl LogStore {
         founding: Option<(ConfState, u64, u64)>,
     ) -> Result<()> {
         assert!(self.is_empty(), "initialize on a non-empty log");
-        let mut b = Vec::with_capacity(24);
-        for w in [id.cluster_id, id.node_id, id.incarnation] {
-            b.extend_from_slice(&w.to_le_bytes());
+        match founding {
+            None => self.set_identity(id),
+            Some((cs, index, term)) => {
+                let hs = HardState {
+                    term,
+                    commit: index,
+                    ..HardState::default()
+                };
+                let meta = Meta {
+                    identity: Some(id),
+                    truncated: (index, term),
+                    floor: 0,
+                    hard_state: hs.clone(),
+                };
+                self.wal.restart(meta)?;
+                self.truncated_index = index;
+                self.truncated_term = term;
+                self.last_index = index;
+                self.index.clear();
+                self.persisted_hs = hs.clone();
+                self.hard_state = hs;
+                self.conf_state = cs;
+                Ok(())
+            }
         }
-        let mut wtxn = self.env.write_txn()?;
-        self.meta_db.put(&mut wtxn, "identity", &b)?;
-        let mut start = None;
-        if let Some((cs, index, term)) = founding {
-            let hs = HardState {
-                term,
-                commit: index,
-                ..HardState::default()
-            };
-            self.meta_db
-                .put(&mut wtxn, "truncated", &encode_pair(index, term))?;
-            self.meta_db.put(
-                &mut wtxn,
-                "hard_state",
-                &hs.write_to_bytes().map_err(pb_err)?,
-            )?;
-            start = Some((cs, index, term, hs));
-        }
-        wtxn.commit()?;
-        if let Some((cs, index, term, hs)) = start {
-            self.truncated_index = index;
-            self.truncated_term = term;
-            self.last_index = index;
-            self.hard_state = hs;
-            self.conf_state = cs;
-        }
-        Ok(())
     }
 
     /// Marks a fresh log as starting at [`INIT_INDEX`]/[`INIT_TERM`] with the given membership.
@@ -213,19 +185,17 @@ impl LogStore {
     pub fn reset_to(&mut self, index: u64, term: u64, mut hs: HardState) -> Result<()> {
         hs.commit = hs.commit.max(index);
         hs.term = hs.term.max(term);
-        let mut wtxn = self.env.write_txn()?;
-        self.entries_db.clear(&mut wtxn)?;
-        self.meta_db
-            .put(&mut wtxn, "truncated", &encode_pair(index, term))?;
-        self.meta_db.put(
-            &mut wtxn,
-            "hard_state",
-            &hs.write_to_bytes().map_err(pb_err)?,
-        )?;
-        wtxn.commit()?;
+        let meta = Meta {
+            truncated: (index, term),
+            hard_state: hs.clone(),
+            ..self.meta_now()
+        };
+        self.wal.restart(meta)?;
         self.truncated_index = index;
         self.truncated_term = term;
         self.last_index = index;
+        self.index.clear();
+        self.persisted_hs = hs.clone();
         self.hard_state = hs;
         self.cache.clear();
         Ok(())
@@ -296,18 +266,16 @@ impl LogStore {
         }
     }
 
-    /// Appends `entries` (overwriting any conflicting suffix) and stores `hs`, in one durable
-    /// write transaction.
+    /// Appends `entries` (replacing any conflicting suffix) and stores `hs`, with one durable
+    /// write.
     ///
     /// # Panics
     /// If `entries` would overwrite the truncated part of the log or leave a gap: raft-rs never
     /// asks for either, so it would be a broken invariant.
     pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
-        if entries.is_empty() && hs.is_none() {
-            return Ok(());
-        }
-        let mut wtxn = self.env.write_txn()?;
-        let mut last = self.last_index;
+        let mut new_hs = hs.cloned().unwrap_or_else(|| self.hard_state.clone());
+        // Keep a commit index learned in between (set_commit) even if `hs` predates it.
+        new_hs.commit = new_hs.commit.max(self.hard_state.commit);
         if let Some(first) = entries.first() {
             let first = first.index;
             assert!(
@@ -320,41 +288,36 @@ impl LogStore {
                 "append at {first} leaves a gap after {}",
                 self.last_index
             );
-            if first <= self.last_index {
-                self.entries_db
-                    .delete_range(&mut wtxn, &(first..=self.last_index))?;
-            }
-            let mut buf = Vec::new();
             for (i, e) in entries.iter().enumerate() {
                 assert_eq!(
                     e.index,
                     first + i as u64,
                     "entries to append are not contiguous"
                 );
-                buf.clear();
-                e.write_to_vec(&mut buf).map_err(pb_err)?;
-                self.entries_db
-                    .put_with_flags(&mut wtxn, PutFlags::APPEND, &e.index, &buf)?;
             }
-            last = entries.last().map_or(last, |e| e.index);
         }
-        let mut new_hs = hs.cloned().unwrap_or_else(|| self.hard_state.clone());
-        // Keep a commit index learned in between (set_commit) even if `hs` predates it.
-        new_hs.commit = new_hs.commit.max(self.hard_state.commit);
-        self.meta_db.put(
-            &mut wtxn,
-            "hard_state",
-            &new_hs.write_to_bytes().map_err(pb_err)?,
-        )?;
-        wtxn.commit()?;
-
+        // Only votes and terms must be durable before answering; a commit index alone can wait
+        // for the next write (reconcile recovers it).
+        let hs_changed =
+            new_hs.term != self.persisted_hs.term || new_hs.vote != self.persisted_hs.vote;
+        if entries.is_empty() && !hs_changed {
+            self.hard_state = new_hs;
+            return Ok(());
+        }
+        let locs = self
+            .wal
+            .append(entries, &new_hs, hs_changed || !entries.is_empty())?;
         if let Some(first) = entries.first() {
+            self.index
+                .truncate((first.index - self.truncated_index - 1) as usize);
             self.cache.truncate_from(first.index);
-            for e in entries {
+            for (e, loc) in entries.iter().zip(locs) {
+                self.index.push_back((e.term, loc));
                 self.cache.push(e.clone());
             }
+            self.last_index = entries.last().map_or(self.last_index, |e| e.index);
         }
-        self.last_index = last;
+        self.persisted_hs = new_hs.clone();
         self.hard_state = new_hs;
         Ok(())
     }
@@ -370,14 +333,18 @@ impl LogStore {
             self.last_index
         );
         let term = raft::Storage::term(self, index).map_err(|e| Error::Io(e.to_string()))?;
-        let mut wtxn = self.env.write_txn()?;
-        self.entries_db.delete_range(&mut wtxn, &(..=index))?;
-        self.meta_db
-            .put(&mut wtxn, "truncated", &encode_pair(index, term))?;
-        wtxn.commit()?;
+        let meta = Meta {
+            truncated: (index, term),
+            ..self.meta_now()
+        };
+        self.wal.write_meta(meta)?;
+        self.index.drain(..(index - self.truncated_index) as usize);
         self.truncated_index = index;
         self.truncated_term = term;
         self.cache.drop_through(index);
+        // Live entries sit in non-decreasing segments: everything before the first one is dead.
+        let first_live = self.index.front().map_or(u64::MAX, |(_, loc)| loc.seg);
+        self.wal.drop_segments_before(first_live);
         Ok(())
     }
 
@@ -391,23 +358,35 @@ impl LogStore {
         self.last_index
     }
 
-    /// Bytes used by the log environment on disk.
+    /// Bytes used by the log on disk.
     pub fn disk_bytes(&self) -> u64 {
-        self.env.real_disk_size().unwrap_or(0)
+        self.wal.disk_bytes()
+    }
+
+    fn loc(&self, index: u64) -> Option<&(u64, Loc)> {
+        if index <= self.truncated_index {
+            return None;
+        }
+        self.index.get((index - self.truncated_index - 1) as usize)
     }
 
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
         if let Some(e) = self.cache.get(index) {
             return Ok(e.clone());
         }
-        let rtxn = self.env.read_txn().map_err(store_err)?;
-        let b = self
-            .entries_db
-            .get(&rtxn, &index)
-            .map_err(store_err)?
+        let (_, loc) = *self
+            .loc(index)
             .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Entry::parse_from_bytes(b)
-            .map_err(|e| store_err(Error::Corrupt(format!("entry {index}: {e}"))))
+        let b = self.wal.read(loc).map_err(store_err)?;
+        let e = Entry::parse_from_bytes(&b)
+            .map_err(|e| store_err(Error::Corrupt(format!("entry {index}: {e}"))))?;
+        if e.index != index {
+            return Err(store_err(Error::Corrupt(format!(
+                "wal holds entry {} where {index} belongs",
+                e.index
+            ))));
+        }
+        Ok(e)
     }
 }
 
@@ -441,27 +420,15 @@ impl raft::Storage for LogStore {
         if let Some(ents) = self.cache.range(low, high, max_size) {
             return Ok(ents);
         }
-        let rtxn = self.env.read_txn().map_err(store_err)?;
         let mut out = Vec::new();
         let mut size = 0u64;
-        for item in self
-            .entries_db
-            .range(&rtxn, &(low..high))
-            .map_err(store_err)?
-        {
-            let (index, b) = item.map_err(store_err)?;
-            let e = Entry::parse_from_bytes(b)
-                .map_err(|e| store_err(Error::Corrupt(format!("entry {index}: {e}"))))?;
+        for i in low..high {
+            let e = self.read_entry(i)?;
             size += u64::from(e.compute_size());
             if !out.is_empty() && size > max_size {
                 break;
             }
             out.push(e);
-        }
-        if out.first().map(|e| e.index) != Some(low) {
-            return Err(store_err(Error::Corrupt(format!(
-                "log entry {low} missing"
-            ))));
         }
         Ok(out)
     }
@@ -476,7 +443,9 @@ impl raft::Storage for LogStore {
         if idx > self.last_index {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        Ok(self.read_entry(idx)?.term)
+        self.loc(idx)
+            .map(|(term, _)| *term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -576,27 +545,6 @@ impl EntryCache {
 
 fn entry_bytes(e: &Entry) -> usize {
     e.data.len() + e.context.len() + 48
-}
-
-fn encode_pair(a: u64, b: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&a.to_le_bytes());
-    out[8..].copy_from_slice(&b.to_le_bytes());
-    out
-}
-
-fn decode_pair(b: &[u8]) -> Option<(u64, u64)> {
-    if b.len() != 16 {
-        return None;
-    }
-    Some((
-        u64::from_le_bytes(b[..8].try_into().ok()?),
-        u64::from_le_bytes(b[8..].try_into().ok()?),
-    ))
-}
-
-fn pb_err(e: protobuf::ProtobufError) -> Error {
-    Error::Corrupt(format!("protobuf: {e}"))
 }
 
 fn store_err(e: impl Into<Error>) -> raft::Error {

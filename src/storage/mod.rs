@@ -11,9 +11,11 @@
 //! Two environments, so that the raft thread and the apply thread never wait on each other's
 //! LMDB write lock.
 
+mod crc32c;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
+pub mod wal;
 
 use std::fs::{self, File};
 use std::io::Write;
