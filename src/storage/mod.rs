@@ -1,15 +1,16 @@
-//! On-disk state of a replica: two LMDB environments under the replica directory.
+//! On-disk state of a replica, under the replica directory.
 //!
-//! - `log/` ([`log_store::LogStore`]): the Raft log, hard state and truncation point. Written
-//!   only by the raft thread, fsynced before anything that depends on it leaves the node.
+//! - `wal/` ([`log_store::LogStore`] on [`wal::Wal`]): the Raft log, hard state and truncation
+//!   point, in append-only segment files. Written only by the raft thread, one fdatasync per
+//!   append, before anything that depends on it leaves the node.
 //! - `data-N/` ([`state_machine::StateMachine`]): user keys plus `applied_index`/`applied_term`,
 //!   the applied membership and the dedup table, all changed in one write txn per apply batch.
 //!   The file `DATA` names the current one; installing a snapshot writes a new `data-N+1/` and
 //!   then switches `DATA` atomically (write, fsync, rename), so a crash mid-install leaves the
 //!   old state intact.
 //!
-//! Two environments, so that the raft thread and the apply thread never wait on each other's
-//! LMDB write lock.
+//! The log and the state machine are separate, so that the raft thread and the apply thread
+//! never wait on each other's writes.
 
 mod crc32c;
 pub mod log_store;
