@@ -53,6 +53,8 @@ pub struct Config {
     /// behind (`compaction_margin`).
     pub compaction_margin: u64,
     /// Entries whose changes the watch feed keeps, 0 to keep none (`watch_retain_entries`).
+    /// Each kept change stores its key and new value a second time, in the state machine and
+    /// in its snapshots.
     pub watch_retain_entries: u64,
     /// A backup file (from `kvr_backup`) to seed a new replica's state from (`restore_from`).
     pub restore_from: Option<PathBuf>,
@@ -77,7 +79,7 @@ impl Default for Config {
             join: false,
             snapshot_entries: 50_000,
             compaction_margin: 5_000,
-            watch_retain_entries: 100_000,
+            watch_retain_entries: 10_000,
             restore_from: None,
             cluster_secret: None,
         }

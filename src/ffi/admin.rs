@@ -70,7 +70,8 @@ pub unsafe extern "C" fn kvr_members(db: *mut kvr, out: *mut kvr_buf) -> c_int {
 /// `snapshots_taken`, `snapshots_installed`, `snapshots_sent`, `proposals_total`,
 /// `proposals_per_s`, `apply_batches`, `apply_batch_avg`, `apply_batch_max`, `entries_applied`,
 /// `duplicates`, `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
-/// `transport` (`sent`, `received`, `dropped`, `refused`). Never blocks on the network.
+/// `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
+/// `snapshots_received`). Never blocks on the network.
 /// Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.
 #[no_mangle]
 pub unsafe extern "C" fn kvr_stats(db: *mut kvr, out: *mut kvr_buf) -> c_int {

@@ -25,7 +25,7 @@ impl Replica {
     /// `proposals_total`, `proposals_per_s`, `apply_batches`, `apply_batch_avg`,
     /// `apply_batch_max`, `entries_applied`, `duplicates`, `peers` (on the leader: `id`,
     /// `match_index`, `next_index`, `lag` = last index − match, `state`), and `transport`
-    /// (`sent`, `received`, `dropped`, `refused`).
+    /// (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`, `snapshots_received`).
     pub fn stats_json(&self) -> String {
         let st = self.status();
         let s = &self.shared;
@@ -85,6 +85,14 @@ impl Replica {
             .kv_u64("received", t.received.load(Ordering::Relaxed))
             .kv_u64("dropped", t.dropped.load(Ordering::Relaxed))
             .kv_u64("refused", t.refused.load(Ordering::Relaxed))
+            .kv_u64(
+                "snapshot_bytes_sent",
+                t.snapshot_bytes_sent.load(Ordering::Relaxed),
+            )
+            .kv_u64(
+                "snapshots_received",
+                t.snapshots_received.load(Ordering::Relaxed),
+            )
             .end_object()
             .end_object();
         j.finish()

@@ -8,6 +8,7 @@ pub const USAGE: &str = "\
 usage: kvr-bench [--out DIR] [--concurrency 1,8,64,256] [--duration-s 10] [--warmup-s 3]
                  [--key-bytes 16] [--value-bytes 128] [--keyspace 100000]
                  [--peers etcd,dragonboat|none] [--soak-s N] [--smoke] [--kvr-bin PATH]
+       kvr-bench --snapshot-gib N [--out DIR] [--kvr-bin PATH]
 
 Starts a 3-replica kvr cluster on 127.0.0.1 (replica 1 in this process, 2 and 3 as `kvr`
 processes; fsync on), measures closed-loop writes and reads at each concurrency through the
@@ -16,7 +17,10 @@ Rust API and writes through the C ABI, the raw LMDB and fdatasync references, an
 DIR/report.txt. Data and logs go to DIR/data (wiped at start).
 
   --smoke      kvr and references only, concurrency 1,8, 1 s windows (for the test suite)
-  --soak-s N   also run 64 writers for N seconds, sampling every replica's RSS";
+  --soak-s N   also run 64 writers for N seconds, sampling every replica's RSS
+  --snapshot-gib N   only the snapshot benchmark: load N GiB into a 3-replica cluster, add a
+               4th replica, and measure the transfer (MB/s), the peak memory of sender and
+               receiver, and writes/s before and during it; writes DIR/snapshot.json";
 
 /// Most closed-loop workers per phase.
 const CONCURRENCY_MAX: usize = 4096;
@@ -45,6 +49,7 @@ pub struct Options {
     pub soak_s: Option<f64>,
     pub kvr_bin: Option<PathBuf>,
     pub fsync_iterations: usize,
+    pub snapshot_gib: Option<f64>,
 }
 
 impl Options {
@@ -68,6 +73,7 @@ impl Options {
             },
             smoke,
             soak_s: None,
+            snapshot_gib: None,
             kvr_bin: None,
             fsync_iterations: if smoke {
                 FSYNC_ITERATIONS_SMOKE
@@ -111,6 +117,10 @@ fn set(o: &mut Options, flag: &str, v: &str) -> Result<(), String> {
         "--duration-s" => o.duration_s = seconds(flag, v)?,
         "--warmup-s" => o.warmup_s = seconds(flag, v)?,
         "--soak-s" => o.soak_s = Some(seconds(flag, v)?),
+        "--snapshot-gib" => match v.trim().parse::<f64>() {
+            Ok(g) if g > 0.0 && g <= 1024.0 => o.snapshot_gib = Some(g),
+            _ => return Err(format!("{flag}: {v:?} is not a size in GiB in (0, 1024]")),
+        },
         "--key-bytes" => o.key_bytes = number(flag, v, 1, KEY_BYTES_MAX)?,
         "--value-bytes" => o.value_bytes = number(flag, v, 0, VALUE_BYTES_MAX)?,
         "--keyspace" => o.keyspace = number(flag, v, 1, KEYSPACE_MAX)?,

@@ -27,6 +27,7 @@ mod peers;
 mod procfs;
 mod report;
 mod signal;
+mod snapshot;
 mod soak;
 mod store;
 mod sweep;
@@ -70,6 +71,13 @@ fn run(opts: Options) -> Result<(), String> {
     let started = Instant::now();
     let data = prepare_data_dir(&opts.out)?;
     let kvr_bin = kvr_binary(&opts)?;
+    if let Some(gib) = opts.snapshot_gib {
+        let report = snapshot::run(&kvr_bin, &data.join("snapshot"), gib)?;
+        let text = report.pretty();
+        println!("{text}");
+        let path = opts.out.join("snapshot.json");
+        return fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()));
+    }
     let work = Workload::new(opts.key_bytes, opts.value_bytes, opts.keyspace);
     let plan = Plan {
         concurrency: &opts.concurrency,
