@@ -26,7 +26,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// hostReplica opens a replica and serves a minimal REPL: put K V, get K, sget K, status, quit.
+// hostReplica opens a replica and serves a minimal REPL: put K V, get K, sget K, status,
+// members, transfer ID, watch PREFIX FROM N (N events as "index:kind" words), quit.
 func hostReplica(optsJSON string, in io.Reader, out io.Writer) int {
 	var opts Options
 	if err := json.Unmarshal([]byte(optsJSON), &opts); err != nil {
@@ -52,6 +53,13 @@ func hostReplica(optsJSON string, in io.Reader, out io.Writer) int {
 			reply = replyTo(r.Get([]byte(f[1])))
 		case f[0] == "sget" && len(f) == 2:
 			reply = replyTo(r.GetStale([]byte(f[1])))
+		case f[0] == "members":
+			reply = replyTo(r.MembersJSON())
+		case f[0] == "transfer" && len(f) == 2:
+			id, _ := strconv.ParseUint(f[1], 10, 64)
+			reply = replyTo(nil, r.TransferLeader(id))
+		case f[0] == "watch" && len(f) == 3:
+			reply = hostWatch(r, f[1], f[2])
 		case f[0] == "status":
 			s, err := r.Status()
 			reply = replyTo(nil, err)
@@ -64,6 +72,29 @@ func hostReplica(optsJSON string, in io.Reader, out io.Writer) int {
 		fmt.Fprintln(out, reply)
 	}
 	return 0
+}
+
+// hostWatch answers `watch PREFIX FROM N` (the last two words in f[2]).
+func hostWatch(r *Replica, prefix, rest string) string {
+	var from uint64
+	var n int
+	if _, err := fmt.Sscan(rest, &from, &n); err != nil {
+		return "ERR " + err.Error()
+	}
+	w, err := r.OpenWatcher([]byte(prefix), from)
+	if err != nil {
+		return replyTo(nil, err)
+	}
+	defer w.Close()
+	var out []string
+	for len(out) < n {
+		ev, err := w.Next(10 * time.Second)
+		if err != nil {
+			return replyTo(nil, err)
+		}
+		out = append(out, fmt.Sprintf("%d:%s", ev.Index, ev.Kind))
+	}
+	return strings.Join(out, " ")
 }
 
 func replyTo(v []byte, err error) string {

@@ -98,6 +98,9 @@ const (
 	// Linearizable reads through Raft ReadIndex: they see every write acknowledged anywhere
 	// before the call.
 	Linearizable Consistency = C.KVR_READ_LINEARIZABLE
+	// Lease reads like Linearizable, but a leader holding its lease answers without a quorum
+	// round trip (this assumes bounded clock drift between replicas).
+	Lease Consistency = C.KVR_READ_LEASE
 	// Stale reads the local state machine only: no network round trip, may miss recent
 	// writes made through other replicas.
 	Stale Consistency = C.KVR_READ_STALE
@@ -141,7 +144,8 @@ type Status struct {
 }
 
 // Replica is one kvr replica hosted by this process. Its methods are safe for concurrent use.
-// Put, Get and Delete block for a Raft round trip, at most the request_timeout_ms option.
+// Writes, linearizable reads and membership changes block for a Raft round trip, at most the
+// request_timeout_ms option; each has a ...Context variant that returns when its context ends.
 type Replica struct {
 	mu sync.RWMutex
 	db *C.kvr
@@ -217,6 +221,17 @@ func (r *Replica) handle() (*C.kvr, error) {
 		return nil, &Error{Code: CodeClosed, Msg: "replica is closed"}
 	}
 	return db, nil
+}
+
+// call runs one library call on the open handle and turns its code into an error.
+func (r *Replica) call(f func(db *C.kvr) C.int) error {
+	db, err := r.handle()
+	if err != nil {
+		return err
+	}
+	rc := f(db)
+	runtime.KeepAlive(r)
+	return r.check(db, rc)
 }
 
 func (r *Replica) check(db *C.kvr, rc C.int) error {
@@ -348,6 +363,12 @@ func clone(b []byte) []byte {
 		return nil
 	}
 	return append(make([]byte, 0, len(b)), b...)
+}
+
+// doContext is withContext for calls that return only an error.
+func doContext(ctx context.Context, call func() error) error {
+	_, err := withContext(ctx, func() ([]byte, error) { return nil, call() })
+	return err
 }
 
 func withContext(ctx context.Context, call func() ([]byte, error)) ([]byte, error) {
