@@ -39,7 +39,10 @@ for target in $(cargo +nightly fuzz list --fuzz-dir "$FUZZ_DIR"); do
     [ -d "$FUZZ_DIR/seeds/$target" ] && corpus+=("$FUZZ_DIR/seeds/$target")
     if ! cargo +nightly fuzz run --fuzz-dir "$FUZZ_DIR" "$target" "${corpus[@]}" -- \
         -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 >"$work/$target.log" 2>&1; then
-        tail -n 60 "$work/$target.log"
+        # The cause (a panic message or a sanitizer report), then where the input was kept.
+        grep -m 1 -A 2 -E 'panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)' \
+            "$work/$target.log" || true
+        sed -n '/^Failing input:/,/^Reproduce with:/p; /^Reproduce with:/{n;n;p;}' "$work/$target.log"
         failed+=("$target")
         continue
     fi
