@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -362,12 +363,30 @@ func TestDamagedLogIsErrCorrupt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for i := 0; i < 10; i++ {
+		if err := r.Put([]byte(fmt.Sprint("k", i)), bytes.Repeat([]byte("v"), 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	r.Close()
-	f, err := os.OpenFile(filepath.Join(dir, "log", "data.mdb"), os.O_WRONLY, 0)
+	// Flip a byte of an early write-ahead log batch: the batches after it are intact, so this
+	// is damage, not a torn last append that recovery may drop.
+	segments, err := filepath.Glob(filepath.Join(dir, "wal", "*.log"))
+	if err != nil || len(segments) == 0 {
+		t.Fatalf("no log segment: %v", err)
+	}
+	sort.Strings(segments)
+	f, err := os.OpenFile(segments[0], os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(bytes.Repeat([]byte{0xff}, 8192))
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 300); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{b[0] ^ 0xff}, 300); err != nil {
+		t.Fatal(err)
+	}
 	f.Close()
 	_, err = Open(Options{Dir: dir})
 	wantCode(t, err, ErrCorrupt)

@@ -203,7 +203,7 @@ def test_stats_report_the_documented_fields(replica: kvr.Replica) -> None:
     assert s["first_index"] <= s["applied_index"] <= s["commit_index"] <= s["last_index"]
     assert s["log_bytes"] > 0 and s["data_bytes"] > 0
     assert s["peers"] == []
-    assert set(s["transport"]) == {"sent", "received", "dropped", "refused"}
+    assert {"sent", "received", "dropped", "refused"} <= set(s["transport"])
     assert isinstance(s["proposals_per_s"], (int, float))
     assert replica.stats_json().startswith('{"node_id":1,')
 

@@ -201,9 +201,17 @@ def test_unusable_directory_is_io_error(tmp_path: Path) -> None:
 
 
 def test_damaged_log_is_corrupt(tmp_path: Path) -> None:
-    kvr.open(tmp_path / "x").close()
-    with open(tmp_path / "x" / "log" / "data.mdb", "r+b") as f:
-        f.write(b"\xff" * 8192)
+    with kvr.open(tmp_path / "x") as r:
+        for i in range(10):
+            r.put(b"k%d" % i, b"v" * 100)
+    # Flip a byte of an early write-ahead log batch: the batches after it are intact, so this
+    # is damage, not a torn last append that recovery may drop.
+    segment = sorted((tmp_path / "x" / "wal").glob("*.log"))[0]
+    with open(segment, "r+b") as f:
+        f.seek(300)
+        byte = f.read(1)
+        f.seek(300)
+        f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(kvr.Corrupt) as e:
         kvr.open(tmp_path / "x")
     assert e.value.code == -7
