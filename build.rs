@@ -33,9 +33,8 @@ fn main() {
     };
     let bindings = cbindgen::Builder::new()
         .with_config(config)
+        // cbindgen follows the `mod` declarations of src/ffi/mod.rs into its other files.
         .with_src(root.join("src/ffi/mod.rs"))
-        .with_src(root.join("src/ffi/data.rs"))
-        .with_src(root.join("src/ffi/admin.rs"))
         .generate()
         .expect("generating include/kvr.h from src/ffi.rs");
     let mut raw = Vec::new();

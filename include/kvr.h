@@ -123,7 +123,7 @@
 /**
  * Minor version.
  */
-#define KVR_VERSION_MINOR 1
+#define KVR_VERSION_MINOR 2
 
 /**
  * Patch version.
@@ -133,7 +133,7 @@
 /**
  * `MAJOR * 1000000 + MINOR * 1000 + PATCH`; compare with `kvr_version()` at load time.
  */
-#define KVR_VERSION_NUMBER 1000
+#define KVR_VERSION_NUMBER 2000
 
 /**
  * Longest key accepted, in bytes.
@@ -387,8 +387,10 @@ int kvr_put(struct kvr *db, const uint8_t *key, size_t key_len, const uint8_t *v
 int kvr_get(struct kvr *db, const uint8_t *key, size_t key_len, struct kvr_buf *out);
 
 /**
- * Like `kvr_get` with an explicit consistency: `KVR_READ_LINEARIZABLE` or `KVR_READ_STALE`
- * (local read without Raft: fast, may miss recent writes made elsewhere).
+ * Like `kvr_get` with an explicit consistency: `KVR_READ_LINEARIZABLE` (Raft ReadIndex),
+ * `KVR_READ_LEASE` (a leader holding its lease answers without a quorum round; assumes
+ * bounded clock drift; otherwise as linearizable) or `KVR_READ_STALE` (local read without
+ * Raft: fast, may miss recent writes made elsewhere). `KVR_INVALID_ARG` for other values.
  */
 int kvr_get_ex(struct kvr *db,
                const uint8_t *key,
@@ -471,7 +473,8 @@ int kvr_members(struct kvr *db, struct kvr_buf *out);
  * `snapshots_taken`, `snapshots_installed`, `snapshots_sent`, `proposals_total`,
  * `proposals_per_s`, `apply_batches`, `apply_batch_avg`, `apply_batch_max`, `entries_applied`,
  * `duplicates`, `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
- * `transport` (`sent`, `received`, `dropped`, `refused`). Never blocks on the network.
+ * `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
+ * `snapshots_received`). Never blocks on the network.
  * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.
  */
 int kvr_stats(struct kvr *db, struct kvr_buf *out);
@@ -506,9 +509,10 @@ int kvr_batch(struct kvr *db, const struct kvr_batch_op *ops, size_t n);
 
 /**
  * Sets `key` to `new_value` only if it currently holds `expected` — or, when `expect_absent`
- * is non-zero, only if it is absent (then `expected` is ignored). Linearizable; blocks like
- * `kvr_put`. Codes: `KVR_OK`, `KVR_CAS_FAILED` (the key held something else; nothing
- * written), and the codes of `kvr_put`.
+ * is non-zero, only if it is absent (then `expected` is ignored). With `expect_absent` 0, a
+ * NULL `expected` with `expected_len` 0 expects the empty value (present, zero bytes).
+ * Linearizable; blocks like `kvr_put`. Codes: `KVR_OK`, `KVR_CAS_FAILED` (the key held
+ * something else; nothing written), and the codes of `kvr_put`.
  */
 int kvr_cas(struct kvr *db,
             const uint8_t *key,
@@ -546,6 +550,8 @@ int kvr_scan(struct kvr *db,
 
 /**
  * Like `kvr_scan` over the keys starting with `prefix` (all keys when `prefix_len` is 0).
+ * To resume after the limit, call `kvr_scan` with the continuation as `start` and, as `end`,
+ * the prefix with its last byte below 0xff incremented (and the bytes after it dropped).
  */
 int kvr_scan_prefix(struct kvr *db,
                     const uint8_t *prefix,
@@ -602,182 +608,6 @@ void kvr_event_free(struct kvr_event *ev);
  * Frees a watch cursor. NULL is a no-op.
  */
 void kvr_watch_free(struct kvr_watcher *w);
-
-/**
- * Sets `key` to `val` for `ttl_ms` milliseconds (> 0). Afterwards no read returns it, and the
- * leader removes it through the log, so every replica removes it at the same index. Same
- * blocking and codes as `kvr_put`.
- */
-int kvr_put_ttl(struct kvr *db,
-                const uint8_t *key,
-                size_t key_len,
-                const uint8_t *val,
-                size_t val_len,
-                uint64_t ttl_ms);
-
-/**
- * Applies the `n` writes of `ops`, in order, all or none (one Raft entry, one LMDB txn).
- * Blocks like `kvr_put`. Codes: `KVR_OK`, `KVR_INVALID_ARG` (NULL `ops` with `n` > 0, unknown
- * op, bad key or value, more than 10000 writes or 16 MiB), `KVR_TIMEOUT`, `KVR_NO_LEADER`,
- * `KVR_CLOSED`, `KVR_IO`. Nothing is written when any write is invalid.
- */
-int kvr_batch(struct kvr *db, const struct kvr_batch_op *ops, size_t n);
-
-/**
- * Sets `key` to `new_value` only if it currently holds `expected` — or, when `expect_absent`
- * is non-zero, only if it is absent (then `expected` is ignored). Linearizable; blocks like
- * `kvr_put`. Codes: `KVR_OK`, `KVR_CAS_FAILED` (the key held something else; nothing
- * written), and the codes of `kvr_put`.
- */
-int kvr_cas(struct kvr *db,
-            const uint8_t *key,
-            size_t key_len,
-            const uint8_t *expected,
-            size_t expected_len,
-            int expect_absent,
-            const uint8_t *new_value,
-            size_t new_len);
-
-/**
- * Appends `val` to the value of `key` (an absent key counts as empty). Linearizable; blocks
- * like `kvr_put`. `KVR_INVALID_ARG` if the result would exceed `KVR_VALUE_BYTES_MAX`.
- */
-int kvr_append(struct kvr *db,
-               const uint8_t *key,
-               size_t key_len,
-               const uint8_t *val,
-               size_t val_len);
-
-/**
- * Reads up to `limit` (1..=10000) pairs with keys in `[start, end)` in key order (`end_len`
- * 0: no upper bound; `start_len` 0: from the first key), with the given `KVR_READ_*`
- * consistency. On success writes a new iterator to `*out`. When the limit cut the scan
- * short, `kvr_iter_continuation` gives the key to resume from.
- */
-int kvr_scan(struct kvr *db,
-             const uint8_t *start,
-             size_t start_len,
-             const uint8_t *end,
-             size_t end_len,
-             size_t limit,
-             int consistency,
-             struct kvr_iter **out);
-
-/**
- * Like `kvr_scan` over the keys starting with `prefix` (all keys when `prefix_len` is 0).
- */
-int kvr_scan_prefix(struct kvr *db,
-                    const uint8_t *prefix,
-                    size_t prefix_len,
-                    size_t limit,
-                    int consistency,
-                    struct kvr_iter **out);
-
-/**
- * Moves to the next pair: writes new buffers to `*key` and `*val` (free both with
- * `kvr_buf_free`) and returns `KVR_OK`, or returns `KVR_NOT_FOUND` when the iterator is done
- * (buffers untouched). `KVR_INVALID_ARG` for NULL arguments.
- */
-int kvr_iter_next(struct kvr_iter *it, struct kvr_buf *key, struct kvr_buf *val);
-
-/**
- * When the scan stopped at its limit, writes the key to resume from to `*next_start` (a new
- * buffer; pass it as `start` of the next `kvr_scan`) and returns `KVR_OK`; returns
- * `KVR_NOT_FOUND` when the scan covered the whole range.
- */
-int kvr_iter_continuation(const struct kvr_iter *it, struct kvr_buf *next_start);
-
-/**
- * Frees an iterator. NULL is a no-op.
- */
-void kvr_iter_free(struct kvr_iter *it);
-
-/**
- * Opens a cursor on the change feed of keys starting with `prefix` (all keys when
- * `prefix_len` is 0). `from_index` 0 starts with the next change; otherwise the changes of
- * entries at or after `from_index` come first. Codes: `KVR_OK`, `KVR_COMPACTED` (those changes
- * left the retained window, option `watch_retain_entries`), `KVR_INVALID_ARG`, `KVR_CLOSED`.
- */
-int kvr_watch(struct kvr *db,
-              const uint8_t *prefix,
-              size_t prefix_len,
-              uint64_t from_index,
-              struct kvr_watcher **out);
-
-/**
- * Waits up to `timeout_ms` for the next change and fills `*ev` (free its buffers with
- * `kvr_event_free`). Codes: `KVR_OK`, `KVR_TIMEOUT` (no change yet; `*ev` untouched),
- * `KVR_COMPACTED` (the cursor fell behind the retained window), `KVR_CLOSED` (the replica
- * was closed), `KVR_INVALID_ARG`.
- */
-int kvr_watch_next(struct kvr_watcher *w, uint32_t timeout_ms, struct kvr_event *ev);
-
-/**
- * Frees the buffers of an event filled by `kvr_watch_next`. NULL is a no-op.
- */
-void kvr_event_free(struct kvr_event *ev);
-
-/**
- * Frees a watch cursor. NULL is a no-op.
- */
-void kvr_watch_free(struct kvr_watcher *w);
-
-/**
- * Adds node `id`, listening on `addr` (`host:port`, NUL-terminated), as a voter, or promotes
- * a learner. Callable on any replica; blocks until the change is committed and applied on
- * this replica. The new replica is opened with option `join=true` on an empty directory.
- * Codes: `KVR_OK`, `KVR_INVALID_ARG` (id 0, bad or NULL address, id removed before),
- * `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
- */
-int kvr_add_node(struct kvr *db, uint64_t id, const char *addr);
-
-/**
- * Adds node `id`, listening on `addr`, as a learner (receives the log, does not vote).
- * Same blocking and codes as `kvr_add_node`.
- */
-int kvr_add_learner(struct kvr *db, uint64_t id, const char *addr);
-
-/**
- * Removes node `id` from the cluster (its id can never be reused). Removing the leader hands
- * leadership to another voter first. Blocks until applied on this replica.
- * Codes: `KVR_OK`, `KVR_INVALID_ARG` (not a member, or the only voter), `KVR_TIMEOUT`,
- * `KVR_NO_LEADER`, `KVR_CLOSED`, `KVR_REMOVED`.
- */
-int kvr_remove_node(struct kvr *db, uint64_t id);
-
-/**
- * Asks the cluster to make node `id` the leader; blocks until this replica sees it lead.
- * Codes: `KVR_OK`, `KVR_TIMEOUT`, `KVR_CLOSED`, `KVR_REMOVED`.
- */
-int kvr_transfer_leader(struct kvr *db, uint64_t id);
-
-/**
- * Lists the members, read linearizably, as JSON text (not NUL-terminated) in a new buffer:
- * `[{"id":1,"addr":"127.0.0.1:7001","role":"voter"},...]` sorted by id; `role` is `voter` or
- * `learner`. Free the buffer with `kvr_buf_free`.
- * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_TIMEOUT`, `KVR_NO_LEADER`, `KVR_CLOSED`.
- */
-int kvr_members(struct kvr *db, struct kvr_buf *out);
-
-/**
- * Statistics as JSON text (not NUL-terminated) in a new buffer; free it with `kvr_buf_free`.
- * Fields: `node_id`, `role`, `leader_id`, `term`, `commit_index`, `applied_index`,
- * `first_index`, `last_index`, `log_entries`, `log_bytes`, `data_bytes`, `snapshot_index`,
- * `snapshots_taken`, `snapshots_installed`, `snapshots_sent`, `proposals_total`,
- * `proposals_per_s`, `apply_batches`, `apply_batch_avg`, `apply_batch_max`, `entries_applied`,
- * `duplicates`, `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
- * `transport` (`sent`, `received`, `dropped`, `refused`). Never blocks on the network.
- * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.
- */
-int kvr_stats(struct kvr *db, struct kvr_buf *out);
-
-/**
- * Writes a consistent copy of this replica's state machine, as of one LMDB read txn, to the
- * file `path` (NUL-terminated; it must not exist), while writes go on. Seed a new cluster from
- * it by opening its founding replicas on empty directories with option `restore_from=PATH`.
- * Codes: `KVR_OK`, `KVR_INVALID_ARG` (NULL path, file exists), `KVR_IO`, `KVR_CLOSED`.
- */
-int kvr_backup(struct kvr *db, const char *path);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -58,7 +58,7 @@ pub use replica::{
 /// Major version.
 pub const VERSION_MAJOR: u32 = 0;
 /// Minor version.
-pub const VERSION_MINOR: u32 = 1;
+pub const VERSION_MINOR: u32 = 2;
 /// Patch version.
 pub const VERSION_PATCH: u32 = 0;
 /// `major * 1_000_000 + minor * 1_000 + patch`.

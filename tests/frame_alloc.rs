@@ -121,7 +121,6 @@ fn an_accepted_frame_allocates_its_own_size() {
 /// whose amortized growth can double the capacity past `max_bytes` (here 1.2 MB under a
 /// 1 MiB limit, up to 128 MiB per connection under `FRAME_BYTES_MAX`).
 #[test]
-#[ignore = "read_frame can grow its buffer to twice max_bytes; un-ignore with the fix"]
 fn the_reused_buffer_never_exceeds_the_limit() {
     let limit = 1 << 20;
     let mut stream = Vec::new();

@@ -117,9 +117,10 @@ pub unsafe extern "C" fn kvr_batch(db: *mut kvr, ops: *const kvr_batch_op, n: us
 }
 
 /// Sets `key` to `new_value` only if it currently holds `expected` — or, when `expect_absent`
-/// is non-zero, only if it is absent (then `expected` is ignored). Linearizable; blocks like
-/// `kvr_put`. Codes: `KVR_OK`, `KVR_CAS_FAILED` (the key held something else; nothing
-/// written), and the codes of `kvr_put`.
+/// is non-zero, only if it is absent (then `expected` is ignored). With `expect_absent` 0, a
+/// NULL `expected` with `expected_len` 0 expects the empty value (present, zero bytes).
+/// Linearizable; blocks like `kvr_put`. Codes: `KVR_OK`, `KVR_CAS_FAILED` (the key held
+/// something else; nothing written), and the codes of `kvr_put`.
 #[no_mangle]
 pub unsafe extern "C" fn kvr_cas(
     db: *mut kvr,
@@ -191,6 +192,8 @@ pub unsafe extern "C" fn kvr_scan(
 }
 
 /// Like `kvr_scan` over the keys starting with `prefix` (all keys when `prefix_len` is 0).
+/// To resume after the limit, call `kvr_scan` with the continuation as `start` and, as `end`,
+/// the prefix with its last byte below 0xff incremented (and the bytes after it dropped).
 #[no_mangle]
 pub unsafe extern "C" fn kvr_scan_prefix(
     db: *mut kvr,

@@ -70,11 +70,11 @@ pub const KVR_READ_STALE: c_int = 2;
 /// Major version of this header and library.
 pub const KVR_VERSION_MAJOR: u32 = 0;
 /// Minor version.
-pub const KVR_VERSION_MINOR: u32 = 1;
+pub const KVR_VERSION_MINOR: u32 = 2;
 /// Patch version.
 pub const KVR_VERSION_PATCH: u32 = 0;
 /// `MAJOR * 1000000 + MINOR * 1000 + PATCH`; compare with `kvr_version()` at load time.
-pub const KVR_VERSION_NUMBER: u32 = 1000;
+pub const KVR_VERSION_NUMBER: u32 = 2000;
 
 /// Longest key accepted, in bytes.
 pub const KVR_KEY_BYTES_MAX: usize = 511;
@@ -417,8 +417,10 @@ pub unsafe extern "C" fn kvr_get(
     unsafe { kvr_get_ex(db, key, key_len, KVR_READ_LINEARIZABLE, out) }
 }
 
-/// Like `kvr_get` with an explicit consistency: `KVR_READ_LINEARIZABLE` or `KVR_READ_STALE`
-/// (local read without Raft: fast, may miss recent writes made elsewhere).
+/// Like `kvr_get` with an explicit consistency: `KVR_READ_LINEARIZABLE` (Raft ReadIndex),
+/// `KVR_READ_LEASE` (a leader holding its lease answers without a quorum round; assumes
+/// bounded clock drift; otherwise as linearizable) or `KVR_READ_STALE` (local read without
+/// Raft: fast, may miss recent writes made elsewhere). `KVR_INVALID_ARG` for other values.
 #[no_mangle]
 pub unsafe extern "C" fn kvr_get_ex(
     db: *mut kvr,

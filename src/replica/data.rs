@@ -90,18 +90,23 @@ impl Replica {
                 writes.len()
             )));
         }
+        if writes.is_empty() {
+            return self.check_open();
+        }
         let mut bytes = 0usize;
         let mut ops = Vec::with_capacity(writes.len());
-        for w in writes {
+        let at = |i: usize, e: Error| Error::invalid(format!("write {i} of the batch: {e}"));
+        for (i, w) in writes.iter().enumerate() {
             match *w {
                 BatchWrite::Put(k, v) => {
-                    check_key(k)?;
-                    check_value(v)?;
+                    check_key(k)
+                        .and_then(|_| check_value(v))
+                        .map_err(|e| at(i, e))?;
                     bytes += k.len() + v.len();
                     ops.push(BatchOp::Put { key: k, value: v });
                 }
                 BatchWrite::Delete(k) => {
-                    check_key(k)?;
+                    check_key(k).map_err(|e| at(i, e))?;
                     bytes += k.len();
                     ops.push(BatchOp::Delete { key: k });
                 }

@@ -77,7 +77,8 @@ impl Replica {
         self.change_membership(ConfChangeType::RemoveNode, id, "")
     }
 
-    /// Asks the cluster to make `id` the leader; returns once this replica sees it lead.
+    /// Asks the cluster to make `id` the leader; returns once a linearizable read on this
+    /// replica confirms that `id` leads (a leader this replica merely remembers is not enough).
     pub fn transfer_leader(&self, id: u64) -> Result<()> {
         self.check_open()?;
         let deadline = Instant::now() + self.timeout();
@@ -85,7 +86,11 @@ impl Replica {
         loop {
             self.check_open()?;
             if self.status().leader_id == id {
-                return Ok(());
+                // Hear from the current leader before believing it: the view may be stale.
+                self.read_barrier()?;
+                if self.status().leader_id == id {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 return Err(self.explain(Error::Timeout));

@@ -55,6 +55,8 @@ pub fn read_frame(r: &mut impl Read, max_bytes: usize, buf: &mut Vec<u8>) -> io:
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     check_len(len, max_bytes)?;
     buf.clear();
+    // Exact growth: amortized doubling could take the buffer to twice the frame limit.
+    buf.reserve_exact(len - 1);
     buf.resize(len - 1, 0);
     r.read_exact(buf)?;
     Ok(header[4])

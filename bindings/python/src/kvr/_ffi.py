@@ -38,9 +38,10 @@ VALUE_BYTES_MAX = 4 << 20
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader", 3: "learner"}
 
 # The library keeps old functions and codes when it adds new ones, so a newer minor or patch
-# release is accepted; 0.1.0 is the first with kvr_get_ex and kvr_status.
+# release is accepted; 0.2.0 is the first with membership, the data model, the change feed,
+# stats and backup.
 ABI_MAJOR = 0
-ABI_VERSION_MIN = 1000
+ABI_VERSION_MIN = 2000
 
 
 class Buf(ctypes.Structure):
