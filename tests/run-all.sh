@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of kvr: Rust (unit, integration, C example, cluster processes), Python
-# binding, Go binding, and lints. Installs what it needs. Exits non-zero on any failure.
+# Runs every test of kvr: lints; Rust unit and integration tests (clusters of real processes,
+# fault schedules, crash and disk-fault tests, the C example, the benchmark's smoke run); the C
+# ABI abuse suite under valgrind; short fuzzing runs; the Python and Go bindings. Installs what
+# it needs (Debian packages, Python packages, cargo-fuzz). Exits non-zero on any failure.
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -17,6 +19,21 @@ cargo --version; rustc --version
 command -v go >/dev/null && go version
 command -v python3 >/dev/null && python3 --version
 
+step "system packages"
+# Disk-fault tests inject errors with libfiu; the C ABI abuse suite runs under valgrind.
+missing=()
+command -v fiu-run >/dev/null || missing+=(fiu-utils)
+command -v valgrind >/dev/null || missing+=(valgrind)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+        echo "missing ${missing[*]} (install them, or run as root so this script can)" >&2
+        exit 1
+    fi
+fi
+
 step "rust: format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
@@ -26,6 +43,12 @@ cargo build --all-targets
 
 step "rust: tests"
 cargo test -- --test-threads="${KVR_TEST_THREADS:-2}"
+
+step "C ABI abuse suite under valgrind"
+tests/abuse/run.sh
+
+step "fuzzing (short runs)"
+tests/fuzz/run.sh "${KVR_FUZZ_SECONDS:-5}"
 
 if [ -d bindings/python ]; then
     step "python binding"
