@@ -109,6 +109,27 @@ impl Campaign {
     }
 }
 
+/// Runs a schedule; a panic in the harness itself fails that schedule, not the campaign.
+fn run_caught(spec: &Spec) -> Report {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        schedule::run(spec, &runs_dir())
+    }));
+    run.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Report {
+            seed: spec.seed,
+            nodes: spec.nodes,
+            dir: runs_dir().join(format!("seed-{}", spec.seed)),
+            problems: vec![format!("the schedule panicked: {msg}")],
+            ..Report::default()
+        }
+    })
+}
+
 /// Runs `count` schedules of `secs` seconds (3 and 5 replicas, every kind of fault), or
 /// just the one of `KVR_FAULT_SEED`.
 #[test]
@@ -129,7 +150,7 @@ fn fault_schedules_are_linearizable_and_lose_nothing() {
     let mut campaign = Campaign::default();
     for seed in seeds {
         let spec = Spec::from_seed(seed, secs);
-        let report = schedule::run(&spec, &runs_dir());
+        let report = run_caught(&spec);
         eprintln!("{}", report.line());
         campaign.add(&report);
         eprintln!("so far: {}", campaign.summary());
@@ -258,9 +279,14 @@ fn disk_eio(victim_leads: bool, points: &[&str]) {
     let ctl = dir.join("fiu-ctrl");
     let victim = 3;
     let fiu = harness::disk::fiu_program(&ctl);
-    let cluster = Cluster::start_with(3, &dir, &raft_options(1000), seed, |id| {
-        (id == victim).then(|| fiu.clone())
-    });
+    let cluster = Cluster::start_with(
+        3,
+        &dir,
+        &raft_options(1000),
+        seed,
+        |id| (id == victim).then(|| fiu.clone()),
+        false,
+    );
     let leader = wait_leader(&cluster);
     let want = if victim_leads { victim } else { 1 };
     if (leader == victim) != victim_leads {
@@ -374,9 +400,14 @@ fn disk_full_fails_closed_and_recovers() {
         eprintln!("cannot mount a tmpfs here: injecting ENOSPC with libfiu instead");
     }
     let fiu = harness::disk::fiu_program(&ctl);
-    let cluster = Cluster::start_with(1, &mnt, &raft_options(1000), seed, |_| {
-        injected.then(|| fiu.clone())
-    });
+    let cluster = Cluster::start_with(
+        1,
+        &mnt,
+        &raft_options(1000),
+        seed,
+        |_| injected.then(|| fiu.clone()),
+        false,
+    );
     let node = cluster.proc(1);
     let value = "x".repeat(32 << 10);
     let mut acked = Vec::new();

@@ -35,6 +35,8 @@ pub struct Cluster {
     pub net: Option<Net>,
     pub dir: PathBuf,
     opts: Vec<(String, String)>,
+    /// Replicas run under libfiu (joiners too).
+    fiu: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,17 +46,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Cluster {
     /// Starts `n` replicas (n = 1: single-node mode) with data under `dir`.
     pub fn start(n: usize, dir: &Path, opts: &[(String, String)], seed: u64) -> Cluster {
-        Cluster::start_with(n, dir, opts, seed, |_| None)
+        Cluster::start_with(n, dir, opts, seed, |_| None, false)
     }
 
-    /// Like [`Cluster::start`], with a different argv prefix for some replicas (e.g. a
-    /// `fiu-run` wrapper).
+    /// Like [`Cluster::start`], with a different argv prefix for some replicas, or with
+    /// every founding replica under libfiu (`fiu`) for disk faults.
     pub fn start_with(
         n: usize,
         dir: &Path,
         opts: &[(String, String)],
         seed: u64,
         program_for: impl Fn(u64) -> Option<Vec<String>>,
+        fiu: bool,
     ) -> Cluster {
         std::fs::create_dir_all(dir).expect("creating the run directory");
         let ids: Vec<u64> = (1..=n as u64).collect();
@@ -70,6 +73,9 @@ impl Cluster {
             })
             .collect();
         for p in &procs {
+            if fiu {
+                p.set_fiu(&dir.join(format!("fiu-{}", p.id)));
+            }
             if let Some(program) = program_for(p.id) {
                 p.set_program(program);
             }
@@ -81,6 +87,7 @@ impl Cluster {
             net,
             dir: dir.to_path_buf(),
             opts: opts.to_vec(),
+            fiu,
         }
     }
 

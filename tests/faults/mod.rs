@@ -10,6 +10,7 @@ pub mod disk;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod rng;

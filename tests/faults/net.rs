@@ -73,7 +73,7 @@ impl Net {
     /// others will reach it at (to replicate with `add`), and its outbound proxies.
     pub fn add_node(&self, id: u64, members: &[u64]) -> (SocketAddr, SocketAddr) {
         let mut inner = lock(&self.inner);
-        let listen = SocketAddr::from(([127, 0, 0, 1], crate::common::free_ports(1)[0]));
+        let listen = super::ports::reserve();
         inner.listen.insert(id, listen);
         for &m in members {
             lock(&self.ctls).insert((m, id), Arc::default());

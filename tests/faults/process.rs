@@ -78,6 +78,8 @@ pub struct Proc {
     retired: std::sync::atomic::AtomicBool,
     /// Admin calls waiting for the REPL; clients let them go first.
     admin_waiting: std::sync::atomic::AtomicU32,
+    /// libfiu's control pipe prefix, when the process runs under `fiu-run`.
+    fiu_ctl: Mutex<Option<PathBuf>>,
 }
 
 impl Proc {
@@ -105,12 +107,27 @@ impl Proc {
             state: Mutex::new(State::default()),
             retired: Default::default(),
             admin_waiting: Default::default(),
+            fiu_ctl: Mutex::default(),
         }
     }
 
     /// Replaces the argv prefix used from the next start on.
     pub fn set_program(&self, program: Vec<String>) {
         *self.program.lock().unwrap_or_else(|p| p.into_inner()) = program;
+    }
+
+    /// Runs the process under libfiu (from the next start on), controlled through `ctl`.
+    pub fn set_fiu(&self, ctl: &Path) {
+        self.set_program(super::disk::fiu_program(ctl));
+        *self.fiu_ctl.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctl.to_path_buf());
+    }
+
+    /// libfiu's control prefix, if the process runs under `fiu-run`.
+    pub fn fiu_ctl(&self) -> Option<PathBuf> {
+        self.fiu_ctl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

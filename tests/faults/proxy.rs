@@ -127,7 +127,7 @@ impl Proxy {
     }
 
     fn spawn(target: SocketAddr, ctl: Arc<LinkCtl>, route: Route, seed: u64) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a proxy port");
+        let listener = super::ports::listen();
         let addr = listener.local_addr().expect("proxy address");
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();

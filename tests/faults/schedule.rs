@@ -30,8 +30,8 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// Bit 0 of the seed picks 3 or 5 replicas; bits 1..4 pick a kind of fault the schedule
-    /// always has; the rest of the seed adds up to two more kinds and the other settings.
+    /// Bit 0 of the seed picks 3 or 5 replicas; bits 1..4 pick the kind of fault of the
+    /// first episode; the rest of the seed adds up to two more kinds and the other settings.
     pub fn from_seed(seed: u64, secs: u64) -> Spec {
         let nodes = if seed & 1 == 0 { 3 } else { 5 };
         let mut rng = Rng::new(seed);
@@ -42,7 +42,6 @@ impl Spec {
                 kinds.push(k);
             }
         }
-        kinds.sort();
         Spec {
             seed,
             nodes,
@@ -165,7 +164,11 @@ pub fn run(spec: &Spec, root: &Path) -> Report {
     eprintln!("schedule {} in {}", spec.describe(), dir.display());
     let opts = raft_options(spec.snapshot_entries);
     let booted = Instant::now();
-    let cluster = Cluster::start(spec.nodes, &dir, &opts, spec.seed);
+    let disk = spec.kinds.contains(&Kind::Disk);
+    if disk {
+        super::disk::require_fiu();
+    }
+    let cluster = Cluster::start_with(spec.nodes, &dir, &opts, spec.seed, |_| None, disk);
     let mut report = Report {
         seed: spec.seed,
         nodes: spec.nodes,
@@ -206,6 +209,7 @@ pub fn run(spec: &Spec, root: &Path) -> Report {
         quiet_ms_max: spec.quiet_ms_max,
         counts: FaultCounts::new(),
         started: Instant::now(),
+        disk_faulted: Vec::new(),
     };
     let started = Instant::now();
     nemesis.run(

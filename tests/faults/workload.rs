@@ -99,6 +99,13 @@ impl Client {
         }
     }
 
+    /// After an error a client waits a little before its next call, as a real one would:
+    /// a replica that fails fast (closed, removed) would otherwise be asked thousands of
+    /// times a second, and each unknown outcome widens the checker's search.
+    fn backoff(&mut self) {
+        thread::sleep(Duration::from_millis(self.rng.range(20, 100)));
+    }
+
     fn one_op(&mut self) {
         self.node.yield_to_admin();
         self.seq += 1;
@@ -114,6 +121,9 @@ impl Client {
             let outcome = write_outcome(&r);
             self.count(outcome == Outcome::Ok, outcome == Outcome::Unknown);
             self.history.record_add(element, outcome);
+            if outcome != Outcome::Ok {
+                self.backoff();
+            }
             return;
         }
         let key = format!("r{}", self.rng.below(self.mix.keys as u64));
@@ -135,6 +145,7 @@ impl Client {
                 }
                 None => {
                     self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
+                    self.backoff();
                 }
             }
             return;
@@ -154,7 +165,10 @@ impl Client {
         self.count(outcome == Outcome::Ok, outcome == Outcome::Unknown);
         let ret_ns = match outcome {
             Outcome::Ok => Some(ret_ns),
-            Outcome::Failed => return,
+            Outcome::Failed => {
+                self.backoff();
+                return;
+            }
             Outcome::Unknown => None,
         };
         self.history.record(Op {
@@ -166,6 +180,7 @@ impl Client {
         });
         if ret_ns.is_none() {
             self.id += 1;
+            self.backoff();
         }
     }
 
