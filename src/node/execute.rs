@@ -41,46 +41,58 @@ pub fn execute(txn: &mut ApplyTxn<'_>, op: &Op<'_>) -> Result<i32> {
             key,
             expected,
             new,
-        } => {
-            let current = txn.get_live(key, *now_ms)?;
-            let matches = match expected {
-                None => current.is_none(),
-                Some(e) => current == Some(*e),
-            };
-            if !matches {
-                return Ok(codes::CAS_FAILED);
-            }
-            match new {
-                Some(v) => txn.put(key, v, TtlChange::Clear)?,
-                None => {
-                    txn.delete(key)?;
-                }
-            }
-        }
-        Op::Append { now_ms, key, value } => {
-            let current = txn.get_live(key, *now_ms)?;
-            let live = current.is_some();
-            let mut v = current.unwrap_or_default().to_vec();
-            if v.len() + value.len() > VALUE_BYTES_MAX {
-                return Ok(codes::INVALID_ARG);
-            }
-            v.extend_from_slice(value);
-            // Appending to a live key keeps its deadline; an expired one starts afresh.
-            txn.put(
-                key,
-                &v,
-                if live {
-                    TtlChange::Keep
-                } else {
-                    TtlChange::Clear
-                },
-            )?;
-        }
+        } => return cas(txn, *now_ms, key, *expected, *new),
+        Op::Append { now_ms, key, value } => return append(txn, *now_ms, key, value),
         Op::Expire(keys) => {
             for (k, at) in keys {
                 txn.expire(k, *at)?;
             }
         }
     }
+    Ok(codes::OK)
+}
+
+fn cas(
+    txn: &mut ApplyTxn<'_>,
+    now_ms: u64,
+    key: &[u8],
+    expected: Option<&[u8]>,
+    new: Option<&[u8]>,
+) -> Result<i32> {
+    let current = txn.get_live(key, now_ms)?;
+    let matches = match expected {
+        None => current.is_none(),
+        Some(e) => current == Some(e),
+    };
+    if !matches {
+        return Ok(codes::CAS_FAILED);
+    }
+    match new {
+        Some(v) => txn.put(key, v, TtlChange::Clear)?,
+        None => {
+            txn.delete(key)?;
+        }
+    }
+    Ok(codes::OK)
+}
+
+fn append(txn: &mut ApplyTxn<'_>, now_ms: u64, key: &[u8], value: &[u8]) -> Result<i32> {
+    let current = txn.get_live(key, now_ms)?;
+    let live = current.is_some();
+    let mut v = current.unwrap_or_default().to_vec();
+    if v.len() + value.len() > VALUE_BYTES_MAX {
+        return Ok(codes::INVALID_ARG);
+    }
+    v.extend_from_slice(value);
+    // Appending to a live key keeps its deadline; an expired one starts afresh.
+    txn.put(
+        key,
+        &v,
+        if live {
+            TtlChange::Keep
+        } else {
+            TtlChange::Clear
+        },
+    )?;
     Ok(codes::OK)
 }

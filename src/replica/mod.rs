@@ -142,18 +142,7 @@ impl Replica {
         let members = sm.members()?;
         let shared = Arc::new(new_shared(&cfg, &log, sm, applied, stats.clone())?);
         let registry = Arc::new(Registry::default());
-        let snap_shared = shared.clone();
-        let snap_registry = registry.clone();
-        log.set_snapshot_source(Box::new(move |request_index, to| {
-            let sm = snap_shared.state_machine().map_err(store_err)?;
-            match snap_registry.create(&sm, to, request_index) {
-                Ok(Some(s)) => Ok(s),
-                Ok(None) => Err(raft::Error::Store(
-                    raft::StorageError::SnapshotTemporarilyUnavailable,
-                )),
-                Err(e) => Err(store_err(e)),
-            }
-        }));
+        log.set_snapshot_source(snapshot_source(shared.clone(), registry.clone()));
         let raw = RawNode::new(&raft_config(&cfg, applied), log, &raft_logger())?;
         let (inbox_tx, inbox_rx) = flume::bounded(INBOX_LEN);
         let (apply_tx, apply_rx) = flume::unbounded();
@@ -165,38 +154,16 @@ impl Replica {
         let transport = if cfg.single_node() {
             None
         } else {
-            let listen = cfg
-                .listen_addr()
-                .expect("validated: a clustered replica has an address");
-            let tcfg = Arc::new(TransportConfig {
-                node_id: cfg.node_id,
-                cluster_id: cfg.cluster_id,
-                incarnation: identity.incarnation,
-                advertise: listen.to_string(),
-                frame_bytes_max: crate::config::FRAME_BYTES_MAX,
-                secret: cfg.cluster_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            });
             let host: Arc<dyn Host> = Arc::new(NodeHost::new(
                 shared.clone(),
                 inbox_tx.clone(),
                 registry,
                 &cfg,
             )?);
-            threads.listener = Some(Listener::bind(
-                listen,
-                tcfg.clone(),
-                host.clone(),
-                stats.clone(),
-            )?);
-            let mut t = Transport::new(tcfg, host, stats);
-            // Recorded members first; explicitly configured addresses win.
-            for m in &members {
-                t.set_peer(m.id, &m.addr);
-            }
-            for (id, addr) in &cfg.peers {
-                t.pin_peer(*id, addr);
-            }
-            Some(t)
+            let (listener, transport) =
+                start_transport(&cfg, identity.incarnation, host, stats, &members)?;
+            threads.listener = Some(listener);
+            Some(transport)
         };
 
         let settings = ApplySettings {
@@ -211,18 +178,12 @@ impl Replica {
             shared.clone(),
             move || applier.run(),
         )?);
-        let raft_loop = RaftLoop::new(
-            shared.clone(),
-            raw,
-            inbox_rx,
-            apply_tx,
-            transport,
-            Timing {
-                tick: Duration::from_millis(cfg.tick_ms),
-                election_timeout: Duration::from_millis(cfg.election_timeout_ms()),
-                compaction_margin: cfg.compaction_margin,
-            },
-        );
+        let timing = Timing {
+            tick: Duration::from_millis(cfg.tick_ms),
+            election_timeout: Duration::from_millis(cfg.election_timeout_ms()),
+            compaction_margin: cfg.compaction_margin,
+        };
+        let raft_loop = RaftLoop::new(shared.clone(), raw, inbox_rx, apply_tx, transport, timing);
         threads.raft = Some(spawn(
             format!("kvr-raft-{}", cfg.node_id),
             shared.clone(),
@@ -464,6 +425,55 @@ impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// Serves `raft::Storage::snapshot`: a snapshot of the current state machine, from one read
+/// txn, registered for the transport to stream.
+fn snapshot_source(
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+) -> crate::storage::log_store::SnapshotSource {
+    Box::new(move |request_index, to| {
+        let sm = shared.state_machine().map_err(store_err)?;
+        match registry.create(&sm, to, request_index) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            )),
+            Err(e) => Err(store_err(e)),
+        }
+    })
+}
+
+/// Binds the listener and creates the sending side with every known peer.
+fn start_transport(
+    cfg: &Config,
+    incarnation: u64,
+    host: Arc<dyn Host>,
+    stats: Arc<TransportStats>,
+    members: &[crate::storage::state_machine::Member],
+) -> Result<(Listener, Transport)> {
+    let listen = cfg
+        .listen_addr()
+        .expect("validated: a clustered replica has an address");
+    let tcfg = Arc::new(TransportConfig {
+        node_id: cfg.node_id,
+        cluster_id: cfg.cluster_id,
+        incarnation,
+        advertise: listen.to_string(),
+        frame_bytes_max: crate::config::FRAME_BYTES_MAX,
+        secret: cfg.cluster_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+    });
+    let listener = Listener::bind(listen, tcfg.clone(), host.clone(), stats.clone())?;
+    let mut t = Transport::new(tcfg, host, stats);
+    // Recorded members first; explicitly configured addresses win.
+    for m in members {
+        t.set_peer(m.id, &m.addr);
+    }
+    for (id, addr) in &cfg.peers {
+        t.pin_peer(*id, addr);
+    }
+    Ok((listener, t))
 }
 
 fn new_shared(

@@ -108,27 +108,8 @@ struct Peak {
 pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
-    let peers = (0..3)
-        .map(|i| format!("{}={}", i + 1, addr(i)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let common = ["--snapshot-entries", "2000", "--compaction-margin", "200"].map(String::from);
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let mut args = vec![
-            "--node-id".into(),
-            (i + 1).to_string(),
-            "--peers".into(),
-            peers.clone(),
-        ];
-        args.extend([
-            "--dir".into(),
-            dir.join(format!("n{}", i + 1)).display().to_string(),
-        ]);
-        args.extend(common.iter().cloned());
-        nodes.push(Repl::start(kvr, &dir.join(format!("n{}", i + 1)), &args)?);
-    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut nodes = start_founders(kvr, dir, &addrs)?;
     let leader = wait_leader(&mut nodes)?;
     let follower = if leader == 0 { 1 } else { 0 };
     let keys = (gib * f64::from(1u32 << 30) / VALUE_BYTES as f64).ceil() as u64;
@@ -140,29 +121,31 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
         "4".into(),
         "--join".into(),
         "--listen".into(),
-        addr(3),
+        addrs[3].clone(),
     ];
     args.extend(["--dir".into(), dir.join("n4").display().to_string()]);
-    args.extend(common.iter().cloned());
+    args.extend(COMMON_FLAGS.map(String::from));
     let mut joiner = Repl::start(kvr, &dir.join("n4"), &args)?;
-    let sender_pid = nodes[leader].proc.id();
-    let receiver_pid = joiner.proc.id();
     let done = Arc::new(AtomicBool::new(false));
     let peaks = Arc::new(Mutex::new((Peak::default(), Peak::default())));
-    let sampler = spawn_sampler(sender_pid, receiver_pid, done.clone(), peaks.clone());
+    let sampler = spawn_sampler(
+        nodes[leader].proc.id(),
+        joiner.proc.id(),
+        done.clone(),
+        peaks.clone(),
+    );
 
     let started = Instant::now();
-    let reply = nodes[leader].cmd(&format!("add 4 {}", addr(3)))?;
+    let reply = nodes[leader].cmd(&format!("add 4 {}", addrs[3]))?;
     if reply != "OK" {
         return Err(format!("add 4: {reply}"));
     }
-    let (during, installed_after) =
-        write_until_installed(&mut nodes[follower], &mut joiner, started)?;
+    let (during, transfer) = write_until_installed(&mut nodes[follower], &mut joiner, started)?;
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let after = probe(&mut nodes[follower], "after")?;
-    let stats = nodes[leader].cmd("stats")?;
-    let bytes = crate::json::parse(&stats)?
+    let stats = crate::json::parse(&nodes[leader].cmd("stats")?)?;
+    let bytes = stats
         .get("transport")
         .and_then(|t| t.num("snapshot_bytes_sent"))
         .unwrap_or(0.0);
@@ -174,30 +157,48 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
         ));
     }
     let (sender, receiver) = *peaks.lock().map_err(|_| "sampler poisoned")?;
-    let secs = installed_after.as_secs_f64();
+    let secs = transfer.as_secs_f64();
+    let mib = |kb: u64| Json::Num(kb as f64 / 1024.0);
     Ok(obj([
         ("state_gib", Json::Num(gib)),
         ("keys", Json::Num(keys as f64)),
         ("snapshot_bytes", Json::Num(bytes)),
         ("transfer_s", Json::Num(secs)),
         ("mb_per_s", Json::Num(bytes / 1e6 / secs)),
-        ("sender_peak_rss_mib", Json::Num(sender.rss as f64 / 1024.0)),
-        (
-            "sender_peak_anon_mib",
-            Json::Num(sender.anon as f64 / 1024.0),
-        ),
-        (
-            "receiver_peak_rss_mib",
-            Json::Num(receiver.rss as f64 / 1024.0),
-        ),
-        (
-            "receiver_peak_anon_mib",
-            Json::Num(receiver.anon as f64 / 1024.0),
-        ),
+        ("sender_peak_rss_mib", mib(sender.rss)),
+        ("sender_peak_anon_mib", mib(sender.anon)),
+        ("receiver_peak_rss_mib", mib(receiver.rss)),
+        ("receiver_peak_anon_mib", mib(receiver.anon)),
         ("writes_per_s_before", Json::Num(before)),
         ("writes_per_s_during", Json::Num(during)),
         ("writes_per_s_after", Json::Num(after)),
     ]))
+}
+
+/// Flags of every replica: frequent snapshot points, so the log is compacted past what the
+/// joiner would need and it must catch up by snapshot.
+const COMMON_FLAGS: [&str; 4] = ["--snapshot-entries", "2000", "--compaction-margin", "200"];
+
+/// Starts the three founding replicas.
+fn start_founders(kvr: &Path, dir: &Path, addrs: &[String]) -> Result<Vec<Repl>, String> {
+    let peers = (0..3)
+        .map(|i| format!("{}={}", i + 1, addrs[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let node_dir = dir.join(format!("n{}", i + 1));
+        let mut args = vec![
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--peers".into(),
+            peers.clone(),
+        ];
+        args.extend(["--dir".into(), node_dir.display().to_string()]);
+        args.extend(COMMON_FLAGS.map(String::from));
+        nodes.push(Repl::start(kvr, &node_dir, &args)?);
+    }
+    Ok(nodes)
 }
 
 fn free_port() -> Result<u16, String> {

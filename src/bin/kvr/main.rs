@@ -168,30 +168,7 @@ fn execute(r: &Replica, line: &str) -> Option<String> {
             Ok(m) => kvr::replica::members_json(&m),
             Err(e) => err(e),
         },
-        "status" => {
-            let s = r.status();
-            format!(
-                "node={} leader={} term={} role={} commit={} applied={} first={} last={} \
-                 applied_at_open={} entries_applied={} duplicates={} snapshot_index={} \
-                 snapshots_taken={} snapshots_installed={} snapshots_sent={} removed={}",
-                s.node_id,
-                s.leader_id,
-                s.term,
-                s.role.name(),
-                s.commit_index,
-                s.applied_index,
-                s.first_index,
-                s.last_index,
-                s.applied_index_at_open,
-                s.entries_applied,
-                s.duplicates,
-                s.snapshot_index,
-                s.snapshots_taken,
-                s.snapshots_installed,
-                s.snapshots_sent,
-                s.removed
-            )
-        }
+        "status" => status_line(&r.status()),
         other => match data_cmds::execute(r, other, rest) {
             Some(reply) => reply,
             None => format!("ERR unknown command {other:?} (try help)"),
@@ -237,6 +214,31 @@ fn fill(r: &Replica, args: &str) -> String {
         Some(e) => err(e),
         None => format!("OK {count}"),
     }
+}
+
+/// The `status` reply: `key=value` pairs on one line.
+fn status_line(s: &kvr::Status) -> String {
+    format!(
+        "node={} leader={} term={} role={} commit={} applied={} first={} last={} \
+         applied_at_open={} entries_applied={} duplicates={} snapshot_index={} \
+         snapshots_taken={} snapshots_installed={} snapshots_sent={} removed={}",
+        s.node_id,
+        s.leader_id,
+        s.term,
+        s.role.name(),
+        s.commit_index,
+        s.applied_index,
+        s.first_index,
+        s.last_index,
+        s.applied_index_at_open,
+        s.entries_applied,
+        s.duplicates,
+        s.snapshot_index,
+        s.snapshots_taken,
+        s.snapshots_installed,
+        s.snapshots_sent,
+        s.removed
+    )
 }
 
 fn parse_id_addr(s: &str) -> Option<(u64, &str)> {
