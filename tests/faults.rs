@@ -391,8 +391,11 @@ fn disk_full_fails_closed_and_recovers() {
     let seed = seed_or_random();
     let dir = runs_dir().join(format!("disk-full-{seed}"));
     let _ = std::fs::remove_dir_all(&dir);
-    let mnt = dir.join("mnt");
-    let tmpfs = harness::disk::Tmpfs::mount(&mnt, 8);
+    // The replica's own directory is the small file system; its log (stderr) stays outside.
+    let mnt = dir.join("n1");
+    // Room for the log segments kvr preallocates when it opens (64 MiB each; two on a fresh
+    // replica) and some data, then no more.
+    let tmpfs = harness::disk::Tmpfs::mount(&mnt, 160);
     let ctl = dir.join("fiu-ctrl");
     let injected = tmpfs.is_none();
     if injected {
@@ -402,17 +405,17 @@ fn disk_full_fails_closed_and_recovers() {
     let fiu = harness::disk::fiu_program(&ctl);
     let cluster = Cluster::start_with(
         1,
-        &mnt,
+        &dir,
         &raft_options(1000),
         seed,
         |_| injected.then(|| fiu.clone()),
         false,
     );
     let node = cluster.proc(1);
-    let value = "x".repeat(32 << 10);
+    let value = "x".repeat(64 << 10);
     let mut acked = Vec::new();
     let mut refused = None;
-    for i in 0..2000 {
+    for i in 0..6000 {
         if injected && i == 50 {
             let pid = node.pid().expect("running");
             harness::disk::fiu_ctrl(
@@ -436,7 +439,14 @@ fn disk_full_fails_closed_and_recovers() {
     }
     let refused = refused.expect("the disk never filled up");
     eprintln!("after {} acknowledged writes: {refused:?}", acked.len());
-    expect_io_error(&refused, "a write that does not fit on the disk");
+    expect_io_error(
+        &refused,
+        &format!(
+            "a write that does not fit on the disk (process {}; log:\n{})",
+            node.exit_status(),
+            node.tail_log()
+        ),
+    );
     assert!(!acked.is_empty(), "nothing fitted at all");
     expect_io_error(
         &node.call("get big-0", harness::process::REPLY_TIMEOUT),
@@ -445,7 +455,7 @@ fn disk_full_fails_closed_and_recovers() {
     // Room again: the replica restarts and has every acknowledged write.
     node.kill9();
     match &tmpfs {
-        Some(t) => t.resize(256),
+        Some(t) => t.resize(512),
         None => node.set_program(vec![common::kvr_bin().display().to_string()]),
     }
     node.start();

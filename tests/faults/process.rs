@@ -222,6 +222,17 @@ impl Proc {
         }
     }
 
+    /// How the process ended, or "running".
+    pub fn exit_status(&self) -> String {
+        let mut st = self.state();
+        match st.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => status.to_string(),
+            Some(Ok(None)) => "running".into(),
+            Some(Err(e)) => format!("unknown ({e})"),
+            None => "not started".into(),
+        }
+    }
+
     pub fn paused(&self) -> bool {
         self.state().paused
     }
