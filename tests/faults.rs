@@ -585,7 +585,6 @@ fn proxy_drops_frames_and_cuts_links() {
 /// snapshot, and Raft messages to it are dropped (snapshot streams pass) from the moment
 /// it receives it, so its election timer runs out during the install.
 #[test]
-#[ignore = "fails until kvr advances raft's applied index before the install completes (see doc)"]
 fn election_timeout_during_snapshot_install_does_not_panic() {
     let _serial = serial();
     let dir = runs_dir().join(format!("snapshot-hup-{}", std::process::id()));

@@ -366,9 +366,13 @@ impl RaftLoop {
         if !rd.messages().is_empty() {
             self.send(rd.take_messages());
         }
-        if !rd.snapshot().is_empty() {
+        let installed = if rd.snapshot().is_empty() {
+            None
+        } else {
+            let index = rd.snapshot().get_metadata().index;
             self.install_snapshot(rd.snapshot().clone())?;
-        }
+            Some(index)
+        };
         let committed = rd.take_committed_entries();
         let read_states = rd.take_read_states();
         self.raw.mut_store().append(rd.entries(), rd.hs())?;
@@ -376,6 +380,12 @@ impl RaftLoop {
             self.send(rd.take_persisted_messages());
         }
         let mut light = self.raw.advance_append(rd);
+        if let Some(index) = installed {
+            // The snapshot is applied: tell raft at once. While its applied index lags, an
+            // election would read the entries in between, which the reset log no longer has.
+            self.raw.advance_apply_to(index);
+            self.applied_seen = self.applied_seen.max(index);
+        }
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
@@ -406,7 +416,6 @@ impl RaftLoop {
         let store = self.raw.mut_store();
         store.reset_to(meta.index, meta.term, hs)?;
         store.set_conf_state(meta.get_conf_state().clone());
-        self.applied_seen = self.applied_seen.max(meta.index);
         self.refresh_peers();
         Ok(())
     }
