@@ -41,12 +41,32 @@ impl RaftLoop {
     }
 
     /// Drops log entries below the last durable snapshot point, keeping a margin for
-    /// followers that are a little behind.
+    /// followers that are a little behind, the entries a follower receiving a snapshot will
+    /// need once it has installed it, and those a live follower being probed still needs.
     fn maybe_compact(&mut self) -> Result<()> {
         let snap = self.shared.snapshot_index.load(Ordering::Acquire);
-        let target = snap
+        let mut target = snap
             .saturating_sub(self.compaction_margin)
             .min(self.raw.raft.raft_log.applied);
+        if self.raw.raft.state == StateRole::Leader {
+            // Without this, writes that go on during a long transfer get the log compacted
+            // past the snapshot being sent (or, once it is installed, past the point the
+            // follower resumes from), and the follower needs another one, and so on.
+            let needed = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter_map(|(_, p)| match p.state {
+                    ProgressState::Snapshot => Some(p.pending_snapshot),
+                    ProgressState::Probe if p.recent_active => Some(p.matched),
+                    _ => None,
+                })
+                .min();
+            if let Some(needed) = needed {
+                target = target.min(needed);
+            }
+        }
         let store = self.raw.mut_store();
         if target > store.truncated_index() && target <= store.last_index_now() {
             store.compact(target)?;
