@@ -472,7 +472,9 @@ int kvr_members(struct kvr *db, struct kvr_buf *out);
  * `first_index`, `last_index`, `log_entries`, `log_bytes`, `data_bytes`, `snapshot_index`,
  * `snapshots_taken`, `snapshots_installed`, `snapshots_sent`, `proposals_total`,
  * `proposals_per_s`, `apply_batches`, `apply_batch_avg`, `apply_batch_max`, `entries_applied`,
- * `duplicates`, `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
+ * `duplicates`, `log_writes` (log appends, one fdatasync each), `log_write_us` and
+ * `apply_commit_us` (microseconds spent in log appends and in committing apply batches since
+ * open), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
  * `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
  * `snapshots_received`). Never blocks on the network.
  * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.

@@ -45,6 +45,23 @@ fn check_kvr_run(report: &Json, api: &str, reads: bool) {
         if reads {
             positive(r, "reads_per_s", &what);
             positive(r, "stale_reads_per_s", &what);
+            // Replica 1's own counters: where its raft and apply threads spent the writes.
+            let p = r
+                .get("replica1_writes_profile")
+                .unwrap_or_else(|| panic!("{what}: no replica1_writes_profile"));
+            for key in [
+                "log_appends_per_s",
+                "log_append_avg_us",
+                "apply_commits_per_s",
+                "apply_commit_avg_us",
+            ] {
+                positive(p, key, &what);
+            }
+            let busy = p.num("raft_thread_in_appends").unwrap();
+            assert!(
+                busy > 0.0 && busy <= 1.05,
+                "{what}: raft thread busy {busy}"
+            );
         }
     }
     for key in ["start", "end"] {

@@ -323,6 +323,20 @@ fn stats_report_replication_progress() {
             "{name}: {stats}"
         );
         assert!(json_numbers(&stats, "log_bytes")[0] > 0, "{name}: {stats}");
+        // Twenty writes, each waited for: at least as many log appends, each taking time,
+        // and apply batches that took time to commit.
+        assert!(
+            json_numbers(&stats, "log_writes")[0] >= 20,
+            "{name}: {stats}"
+        );
+        assert!(
+            json_numbers(&stats, "log_write_us")[0] > 0,
+            "{name}: {stats}"
+        );
+        assert!(
+            json_numbers(&stats, "apply_commit_us")[0] > 0,
+            "{name}: {stats}"
+        );
         let f = c.node(others(leader).0).cmd("stats");
         assert_eq!(json_strings(&f, "role"), vec!["follower"], "{name}: {f}");
         assert!(f.contains("\"peers\":[]"), "{name}: {f}");

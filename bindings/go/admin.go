@@ -127,6 +127,9 @@ type Stats struct {
 	ApplyBatchMax      uint64         `json:"apply_batch_max"`
 	EntriesApplied     uint64         `json:"entries_applied"`
 	Duplicates         uint64         `json:"duplicates"`
+	LogWrites          uint64         `json:"log_writes"`      // log appends, one fdatasync each
+	LogWriteMicros     uint64         `json:"log_write_us"`    // time spent in log appends
+	ApplyCommitMicros  uint64         `json:"apply_commit_us"` // time spent committing apply batches
 	Peers              []PeerStats    `json:"peers"`
 	Transport          TransportStats `json:"transport"`
 }

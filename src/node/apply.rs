@@ -224,7 +224,11 @@ impl Applier {
         }
         let applied = txn.applied();
         if applied > start {
+            let started = Instant::now();
             txn.commit()?;
+            self.shared
+                .apply_commit_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         if skipped > 0 {
             self.shared

@@ -161,6 +161,12 @@ pub struct Shared {
     pub first_index: AtomicU64,
     /// Applied index (updated after each apply batch commits).
     pub applied_index: AtomicU64,
+    /// Log writes (each one write and one fdatasync) since open.
+    pub log_writes: AtomicU64,
+    /// Microseconds the raft thread spent in log writes since open.
+    pub log_write_us: AtomicU64,
+    /// Microseconds the apply thread spent committing apply batches since open.
+    pub apply_commit_us: AtomicU64,
     /// Applied index found on disk when the replica was opened.
     pub applied_at_open: u64,
     /// Entries applied by this process since open.

@@ -23,7 +23,10 @@ impl Replica {
     /// `applied_index`, `first_index`, `last_index`, `log_entries`, `log_bytes`, `data_bytes`,
     /// `snapshot_index`, `snapshots_taken`, `snapshots_installed`, `snapshots_sent`,
     /// `proposals_total`, `proposals_per_s`, `apply_batches`, `apply_batch_avg`,
-    /// `apply_batch_max`, `entries_applied`, `duplicates`, `peers` (on the leader: `id`,
+    /// `apply_batch_max`, `entries_applied`, `duplicates`, `log_writes` (log appends, one
+    /// fdatasync each), `log_write_us` and `apply_commit_us` (microseconds the raft thread spent
+    /// in log appends and the apply thread in committing batches, since open), `peers` (on
+    /// the leader: `id`,
     /// `match_index`, `next_index`, `lag` = last index − match, `state`), and `transport`
     /// (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`, `snapshots_received`).
     pub fn stats_json(&self) -> String {
@@ -66,6 +69,9 @@ impl Replica {
             .kv_u64("apply_batch_max", s.apply_batch_max.load(Ordering::Relaxed))
             .kv_u64("entries_applied", st.entries_applied)
             .kv_u64("duplicates", st.duplicates)
+            .kv_u64("log_writes", s.log_writes.load(Ordering::Relaxed))
+            .kv_u64("log_write_us", s.log_write_us.load(Ordering::Relaxed))
+            .kv_u64("apply_commit_us", s.apply_commit_us.load(Ordering::Relaxed))
             .key("peers")
             .begin_array();
         for p in s.progress.lock().unwrap_or_else(|p| p.into_inner()).iter() {

@@ -9,7 +9,7 @@ use crate::peers::PeerRun;
 use crate::procfs::{CpuUse, Mem};
 use crate::soak::{self, Soak};
 use crate::store::Api;
-use crate::sweep::{Phase, Point, Run};
+use crate::sweep::{Phase, Point, Profile, Run};
 
 /// Version of the report's layout.
 const FORMAT_VERSION: u64 = 1;
@@ -365,7 +365,26 @@ fn point_json(p: &Point) -> Json {
         .filter_map(|(name, ph)| Some((name.to_string(), cpu_json(ph?))))
         .collect();
     f.push(("cpu_cores".to_string(), Json::Obj(cpu)));
+    if let Some(p) = &p.writes.profile {
+        f.push(("replica1_writes_profile".to_string(), profile_json(p)));
+    }
     Json::Obj(f)
+}
+
+fn profile_json(p: &Profile) -> Json {
+    obj([
+        ("seconds", round3(p.seconds).into()),
+        ("log_appends_per_s", round2(p.log_writes / p.seconds).into()),
+        ("log_append_avg_us", round2(p.log_write_avg_us()).into()),
+        ("raft_thread_in_appends", round3(p.log_busy()).into()),
+        (
+            "apply_commits_per_s",
+            round2(p.apply_batches / p.seconds).into(),
+        ),
+        ("entries_per_commit", round2(p.entries_per_batch()).into()),
+        ("apply_commit_avg_us", round2(p.commit_avg_us()).into()),
+        ("apply_thread_in_commits", round3(p.apply_busy()).into()),
+    ])
 }
 
 fn cpu_json(ph: &Phase) -> Json {

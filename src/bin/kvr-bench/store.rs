@@ -85,6 +85,14 @@ impl Store {
         }
     }
 
+    /// The replica's `stats` JSON (Rust API only; the C ABI run measures the same core).
+    pub fn stats_json(&self) -> Option<String> {
+        match self {
+            Store::Rust(r) => Some(r.stats_json()),
+            Store::C(_) | Store::Lmdb(_) => None,
+        }
+    }
+
     /// Closes and reports the store's fatal error, if it had one.
     pub fn close(self) -> Result<(), String> {
         match self {

@@ -1,13 +1,15 @@
 //! kvr's share of the run: a fresh cluster per API, then every concurrency in turn: writes,
 //! and through the Rust API also linearizable and stale reads. The CPU each replica's threads
-//! burn during every measured window is recorded, as a first profile.
+//! burn during every measured window is recorded, as a first profile, and so is where replica
+//! 1's raft and apply threads spend their time (its `stats` counters).
 
 use std::path::Path;
+use std::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::load::{self, Op, Stats, Watch, Window, Workload};
 use crate::procfs::{self, CpuSnapshot, CpuUse, Mem};
-use crate::store::Api;
+use crate::store::{Api, Store};
 
 /// What every kvr measurement shares.
 pub struct Plan<'a> {
@@ -21,6 +23,70 @@ pub struct Plan<'a> {
 pub struct Phase {
     pub stats: Stats,
     pub cpu: Vec<CpuUse>,
+    /// Replica 1's time split over the window (Rust API run only).
+    pub profile: Option<Profile>,
+}
+
+/// Replica 1's log and apply work over a window, from its `stats` counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Profile {
+    pub seconds: f64,
+    /// Log appends (one write and one fdatasync each).
+    pub log_writes: f64,
+    /// Microseconds the raft thread spent in them.
+    pub log_write_us: f64,
+    pub apply_batches: f64,
+    pub entries_applied: f64,
+    /// Microseconds the apply thread spent committing batches.
+    pub apply_commit_us: f64,
+}
+
+impl Profile {
+    /// The counters now (`seconds` unset).
+    fn sample(store: &Store) -> Option<Profile> {
+        let j = crate::json::parse(&store.stats_json()?).ok()?;
+        Some(Profile {
+            seconds: 0.0,
+            log_writes: j.num("log_writes")?,
+            log_write_us: j.num("log_write_us")?,
+            apply_batches: j.num("apply_batches")?,
+            entries_applied: j.num("entries_applied")?,
+            apply_commit_us: j.num("apply_commit_us")?,
+        })
+    }
+
+    fn since(&self, before: &Profile, seconds: f64) -> Profile {
+        Profile {
+            seconds,
+            log_writes: self.log_writes - before.log_writes,
+            log_write_us: self.log_write_us - before.log_write_us,
+            apply_batches: self.apply_batches - before.apply_batches,
+            entries_applied: self.entries_applied - before.entries_applied,
+            apply_commit_us: self.apply_commit_us - before.apply_commit_us,
+        }
+    }
+
+    /// Share of the window the raft thread spent in log appends.
+    pub fn log_busy(&self) -> f64 {
+        self.log_write_us / 1e6 / self.seconds.max(1e-9)
+    }
+
+    /// Share of the window the apply thread spent committing.
+    pub fn apply_busy(&self) -> f64 {
+        self.apply_commit_us / 1e6 / self.seconds.max(1e-9)
+    }
+
+    pub fn log_write_avg_us(&self) -> f64 {
+        self.log_write_us / self.log_writes.max(1.0)
+    }
+
+    pub fn commit_avg_us(&self) -> f64 {
+        self.apply_commit_us / self.apply_batches.max(1.0)
+    }
+
+    pub fn entries_per_batch(&self) -> f64 {
+        self.entries_applied / self.apply_batches.max(1.0)
+    }
 }
 
 /// Results at one concurrency.
@@ -87,8 +153,9 @@ fn phase(
     c: usize,
     plan: &Plan<'_>,
 ) -> Result<Phase, String> {
-    let mut watch = CpuWatch::new(cluster.pids());
+    let mut watch = CpuWatch::new(cluster.pids(), cluster.store());
     let stats = load::run(cluster.store(), op, c, plan.work, plan.win, &mut watch)?;
+    let (cpu, profile) = (watch.used, watch.profile);
     cluster.check_alive()?;
     report_progress(&format!("kvr {} {}", api.name(), op.name()), c, &stats);
     if stats.ops == 0 {
@@ -102,7 +169,8 @@ fn phase(
     }
     Ok(Phase {
         stats,
-        cpu: watch.used,
+        cpu,
+        profile,
     })
 }
 
@@ -121,26 +189,34 @@ pub fn report_progress(what: &str, c: usize, s: &Stats) {
     );
 }
 
-/// Samples every thread's CPU time at the start and the end of the measured window.
-struct CpuWatch {
+/// Samples every thread's CPU time, and replica 1's counters, at the start and the end of the
+/// measured window.
+struct CpuWatch<'a> {
     pids: Vec<u32>,
+    store: &'a Store,
     before: Vec<CpuSnapshot>,
     used: Vec<CpuUse>,
+    profile_before: Option<(Instant, Profile)>,
+    profile: Option<Profile>,
 }
 
-impl CpuWatch {
-    fn new(pids: Vec<u32>) -> CpuWatch {
+impl<'a> CpuWatch<'a> {
+    fn new(pids: Vec<u32>, store: &'a Store) -> CpuWatch<'a> {
         CpuWatch {
             pids,
+            store,
             before: Vec::new(),
             used: Vec::new(),
+            profile_before: None,
+            profile: None,
         }
     }
 }
 
-impl Watch for CpuWatch {
+impl Watch for CpuWatch<'_> {
     fn start(&mut self) {
         self.before = self.pids.iter().map(|&p| procfs::cpu_snapshot(p)).collect();
+        self.profile_before = Profile::sample(self.store).map(|p| (Instant::now(), p));
     }
 
     fn end(&mut self) {
@@ -150,5 +226,9 @@ impl Watch for CpuWatch {
             .zip(&self.before)
             .map(|(&p, b)| procfs::cpu_use(b, &procfs::cpu_snapshot(p)))
             .collect();
+        if let (Some((at, before)), Some(now)) = (self.profile_before, Profile::sample(self.store))
+        {
+            self.profile = Some(now.since(&before, at.elapsed().as_secs_f64()));
+        }
     }
 }

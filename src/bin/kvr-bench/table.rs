@@ -19,6 +19,7 @@ pub fn render(r: &Report) -> String {
     ratios(r, &mut out);
     memory(r, &mut out);
     cpu(r, &mut out);
+    profile(r, &mut out);
     soak(r, &mut out);
     targets(r, &mut out);
     out
@@ -266,6 +267,49 @@ fn cpu(r: &Report, out: &mut String) {
     }
     out.push_str("\nCPU during kvr writes (Rust API run; cores = CPU seconds per second)\n");
     out.push_str(&grid(&["", "replica", "cores", "busiest threads"], &rows));
+}
+
+/// Where the leader's raft and apply threads spend the write windows (its own counters).
+fn profile(r: &Report, out: &mut String) {
+    let Some(run) = r.kvr.iter().find(|run| run.api == Api::Rust) else {
+        return;
+    };
+    if run.leader != 1 {
+        return;
+    }
+    let mut rows = Vec::new();
+    for &c in &r.opts.concurrency {
+        let Some(p) = r.kvr_point(Api::Rust, c).and_then(|p| p.writes.profile) else {
+            continue;
+        };
+        rows.push(vec![
+            format!("c={c}"),
+            format!("{:.0}", p.log_writes / p.seconds),
+            format!("{:.0}", p.log_write_avg_us()),
+            format!("{:.0}%", p.log_busy() * 100.0),
+            format!("{:.0}", p.apply_batches / p.seconds),
+            format!("{:.1}", p.entries_per_batch()),
+            format!("{:.0}", p.commit_avg_us()),
+            format!("{:.0}%", p.apply_busy() * 100.0),
+        ]);
+    }
+    out.push_str(
+        "\nLeader's time during kvr writes (Rust API run; a log append is one write + fdatasync, \
+         an apply commit one LMDB txn + fdatasync)\n",
+    );
+    out.push_str(&grid(
+        &[
+            "",
+            "log appends/s",
+            "append us",
+            "raft thread in appends",
+            "apply commits/s",
+            "entries/commit",
+            "commit us",
+            "apply thread in commits",
+        ],
+        &rows,
+    ));
 }
 
 fn soak(r: &Report, out: &mut String) {

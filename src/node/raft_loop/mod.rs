@@ -375,7 +375,15 @@ impl RaftLoop {
         };
         let committed = rd.take_committed_entries();
         let read_states = rd.take_read_states();
+        let started = Instant::now();
+        let writes = !rd.entries().is_empty() || rd.hs().is_some();
         self.raw.mut_store().append(rd.entries(), rd.hs())?;
+        if writes {
+            let s = &self.shared;
+            s.log_writes.fetch_add(1, Ordering::Relaxed);
+            s.log_write_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         if !rd.persisted_messages().is_empty() {
             self.send(rd.take_persisted_messages());
         }
