@@ -17,6 +17,14 @@ const SAMPLE_EVERY_MAX: Duration = Duration::from_secs(5);
 /// Share of the soak spent warming up before the first sample (caches, LMDB map pages and
 /// allocator arenas fill during the first minutes; flatness is judged after).
 const WARMUP_SHARE: f64 = 0.1;
+/// The warm-up also lasts until replica 1 passed this many snapshot points: its log was
+/// compacted, so the log's entry cache has filled and been trimmed (the memory it holds in
+/// steady state, at most 64 MiB), ...
+const WARMUP_SNAPSHOTS: f64 = 2.0;
+/// ... but no longer than this.
+const WARMUP_MAX: Duration = Duration::from_secs(600);
+/// Length of each warm-up round between two looks at replica 1's snapshot count.
+const WARMUP_ROUND: Duration = Duration::from_secs(5);
 /// Allowed deviation of any sample from the first one.
 pub const RSS_FLAT_TOLERANCE: f64 = 0.10;
 
@@ -73,11 +81,13 @@ pub fn run(plan: &Plan<'_>, seconds: f64, dir: &Path) -> Result<Soak, String> {
         .win
         .warmup
         .max(Duration::from_secs_f64(seconds * WARMUP_SHARE));
+    let mut cluster = Cluster::start(Api::Rust, dir, plan.kvr_bin)?;
+    eprintln!("kvr-bench: soak: warming up for {warmup:?} and {WARMUP_SNAPSHOTS} snapshot points");
+    let warmup = settle(&cluster, plan, warmup)?;
     let win = Window {
-        warmup,
+        warmup: Duration::ZERO,
         duration: Duration::from_secs_f64(seconds),
     };
-    let mut cluster = Cluster::start(Api::Rust, dir, plan.kvr_bin)?;
     let every =
         Duration::from_secs_f64((seconds / 10.0).clamp(0.5, SAMPLE_EVERY_MAX.as_secs_f64()));
     let mut watch = MemWatch {
@@ -107,6 +117,40 @@ pub fn run(plan: &Plan<'_>, seconds: f64, dir: &Path) -> Result<Soak, String> {
         samples: watch.samples,
     })
 }
+
+/// Writes until `at_least` passed and replica 1 took `WARMUP_SNAPSHOTS` snapshot points (or
+/// `WARMUP_MAX` passed); returns how long that took.
+fn settle(cluster: &Cluster, plan: &Plan<'_>, at_least: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let round = Window {
+        warmup: Duration::ZERO,
+        duration: WARMUP_ROUND,
+    };
+    loop {
+        load::run(
+            cluster.store(),
+            Op::Put,
+            CONCURRENCY,
+            plan.work,
+            round,
+            &mut Unwatched,
+        )?;
+        let snapshots = cluster
+            .store()
+            .stats_json()
+            .and_then(|s| crate::json::parse(&s).ok())
+            .and_then(|j| j.num("snapshots_taken"))
+            .unwrap_or(WARMUP_SNAPSHOTS);
+        let waited = started.elapsed();
+        if (waited >= at_least && snapshots >= WARMUP_SNAPSHOTS) || waited >= WARMUP_MAX {
+            return Ok(waited);
+        }
+    }
+}
+
+struct Unwatched;
+
+impl Watch for Unwatched {}
 
 struct MemWatch {
     pids: Vec<u32>,
