@@ -51,7 +51,11 @@ impl RaftLoop {
         if self.raw.raft.state == StateRole::Leader {
             // Without this, writes that go on during a long transfer get the log compacted
             // past the snapshot being sent (or, once it is installed, past the point the
-            // follower resumes from), and the follower needs another one, and so on.
+            // follower resumes from), and the follower needs another one, and so on. A
+            // follower that needs entries already gone holds nothing back (it needs a
+            // snapshot anyway), nor does one silent for an election timeout (check-quorum
+            // clears `recent_active`), so a dead or hopeless peer never stops compaction.
+            let truncated = self.raw.store().truncated_index();
             let needed = self
                 .raw
                 .raft
@@ -59,7 +63,9 @@ impl RaftLoop {
                 .iter()
                 .filter_map(|(_, p)| match p.state {
                     ProgressState::Snapshot => Some(p.pending_snapshot),
-                    ProgressState::Probe if p.recent_active => Some(p.matched),
+                    ProgressState::Probe if p.recent_active && p.matched >= truncated => {
+                        Some(p.matched)
+                    }
                     _ => None,
                 })
                 .min();
