@@ -267,12 +267,13 @@ impl LogStore {
     }
 
     /// Appends `entries` (replacing any conflicting suffix) and stores `hs`, with one durable
-    /// write.
+    /// write. Returns false when there was nothing to write (no entries, and a hard state
+    /// that differs only in its commit index, which is kept in memory until the next write).
     ///
     /// # Panics
     /// If `entries` would overwrite the truncated part of the log or leave a gap: raft-rs never
     /// asks for either, so it would be a broken invariant.
-    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<bool> {
         let mut new_hs = hs.cloned().unwrap_or_else(|| self.hard_state.clone());
         // Keep a commit index learned in between (set_commit) even if `hs` predates it.
         new_hs.commit = new_hs.commit.max(self.hard_state.commit);
@@ -302,7 +303,7 @@ impl LogStore {
             new_hs.term != self.persisted_hs.term || new_hs.vote != self.persisted_hs.vote;
         if entries.is_empty() && !hs_changed {
             self.hard_state = new_hs;
-            return Ok(());
+            return Ok(false);
         }
         let locs = self
             .wal
@@ -319,7 +320,7 @@ impl LogStore {
         }
         self.persisted_hs = new_hs.clone();
         self.hard_state = new_hs;
-        Ok(())
+        Ok(true)
     }
 
     /// Drops entries up to and including `index` (which must be applied and in the log).

@@ -376,9 +376,7 @@ impl RaftLoop {
         let committed = rd.take_committed_entries();
         let read_states = rd.take_read_states();
         let started = Instant::now();
-        let writes = !rd.entries().is_empty() || rd.hs().is_some();
-        self.raw.mut_store().append(rd.entries(), rd.hs())?;
-        if writes {
+        if self.raw.mut_store().append(rd.entries(), rd.hs())? {
             let s = &self.shared;
             s.log_writes.fetch_add(1, Ordering::Relaxed);
             s.log_write_us
