@@ -240,13 +240,23 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
-fn check_addr(key: &str, value: &str) -> Result<()> {
+/// Checks that `value` is one `host:port`: a host that could be dialed (no separators of the
+/// peers list, no whitespace or control characters) and a port that fits in 16 bits.
+pub(crate) fn check_addr(key: &str, value: &str) -> Result<()> {
     let (host, port) = value
         .rsplit_once(':')
         .ok_or_else(|| Error::invalid(format!("{key}: {value:?} is not host:port")))?;
     if host.is_empty() {
         return Err(Error::invalid(format!(
             "{key}: {value:?} has an empty host"
+        )));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| matches!(c, ',' | '=') || c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::invalid(format!(
+            "{key}: {value:?} has {c:?} in its host"
         )));
     }
     port.parse::<u16>()

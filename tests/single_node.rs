@@ -165,3 +165,82 @@ fn close_releases_everything_for_reopen_in_process() {
         r.close().unwrap();
     }
 }
+
+#[test]
+fn restore_refuses_what_is_not_a_backup_and_can_be_retried() {
+    let d = tempfile::tempdir().unwrap();
+    let r = open(&d.path().join("source"));
+    r.put(b"kept", b"yes").unwrap();
+    let good = d.path().join("good.mdb");
+    r.backup(&good).unwrap();
+    r.close().unwrap();
+
+    // An empty file, and an LMDB file that no replica wrote (LMDB accepts both as a database).
+    let empty = d.path().join("empty.mdb");
+    std::fs::write(&empty, b"").unwrap();
+    let foreign_dir = d.path().join("foreign");
+    std::fs::create_dir(&foreign_dir).unwrap();
+    {
+        // SAFETY: the environment is opened once, in this test only.
+        let env = unsafe {
+            heed::EnvOpenOptions::new()
+                .max_dbs(1)
+                .open(&foreign_dir)
+                .unwrap()
+        };
+        let mut wtxn = env.write_txn().unwrap();
+        let db: heed::Database<heed::types::Bytes, heed::types::Bytes> =
+            env.create_database(&mut wtxn, Some("other")).unwrap();
+        db.put(&mut wtxn, b"k", b"v").unwrap();
+        wtxn.commit().unwrap();
+    }
+    let foreign = foreign_dir.join("data.mdb");
+
+    let target = d.path().join("restored");
+    for bad in [&empty, &foreign] {
+        let mut c = Config::new(1, &target);
+        c.restore_from = Some(bad.clone());
+        match Replica::open(c) {
+            Err(Error::Corrupt(m)) => assert!(m.contains("not a kvr backup"), "{m}"),
+            other => panic!(
+                "{}: expected Corrupt, got {:?}",
+                bad.display(),
+                other.map(|_| ())
+            ),
+        }
+    }
+    // The refused attempts left nothing behind: the same directory takes the real backup.
+    let mut c = Config::new(1, &target);
+    c.restore_from = Some(good);
+    let r = Replica::open(c).unwrap();
+    assert_eq!(r.get(b"kept").unwrap(), Some(b"yes".to_vec()));
+    r.close().unwrap();
+}
+
+#[test]
+fn member_addresses_must_be_dialable() {
+    let d = tempfile::tempdir().unwrap();
+    let r = open(d.path());
+    for addr in [
+        "127.0.0.1:1,3=127.0.0.1:2",
+        "host name:1",
+        "a=b:1",
+        "127.0.0.1:70000",
+        ":1",
+        "nohost",
+    ] {
+        assert!(
+            matches!(r.add_node(2, addr), Err(Error::InvalidArgument(_))),
+            "add_node({addr:?})"
+        );
+        assert!(
+            matches!(r.add_learner(2, addr), Err(Error::InvalidArgument(_))),
+            "add_learner({addr:?})"
+        );
+    }
+    assert!(
+        r.members().unwrap().iter().all(|m| m.id == 1),
+        "nothing was added"
+    );
+    r.close().unwrap();
+}

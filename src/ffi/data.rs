@@ -95,6 +95,12 @@ pub unsafe extern "C" fn kvr_batch(db: *mut kvr, ops: *const kvr_batch_op, n: us
         if ops.is_null() && n > 0 {
             return Err(Error::invalid("ops is NULL"));
         }
+        if n > crate::replica::BATCH_OPS_MAX {
+            return Err(Error::invalid(format!(
+                "batch of {n} writes exceeds {}",
+                crate::replica::BATCH_OPS_MAX
+            )));
+        }
         let ops = if n == 0 {
             &[][..]
         } else {

@@ -218,13 +218,19 @@ fn guarded(f: impl FnOnce() -> c_int) -> c_int {
     panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(KVR_PANIC)
 }
 
-/// Borrows `len` bytes at `p`; NULL is allowed only when `len` is 0.
+/// Borrows `len` bytes at `p`; NULL is allowed only when `len` is 0. A length above
+/// `PTRDIFF_MAX` describes no buffer at all and is refused before anything is read.
 unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Error> {
     if p.is_null() {
         if len == 0 {
             return Ok(&[]);
         }
         return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::invalid(format!(
+            "{what} length {len} is larger than any buffer"
+        )));
     }
     // SAFETY: the caller promises `p` points to `len` readable bytes.
     Ok(unsafe { slice::from_raw_parts(p, len) })
@@ -233,6 +239,12 @@ unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Er
 unsafe fn key_arg<'a>(p: *const u8, len: usize) -> Result<&'a [u8], Error> {
     if p.is_null() {
         return Err(Error::invalid("key is NULL"));
+    }
+    if len > crate::config::KEY_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "key of {len} bytes exceeds {}",
+            crate::config::KEY_BYTES_MAX
+        )));
     }
     // SAFETY: forwarded caller promise.
     let k = unsafe { bytes(p, len, "key")? };

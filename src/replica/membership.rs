@@ -162,7 +162,7 @@ fn check_addition(r: &Replica, id: u64, addr: &str) -> Result<()> {
     if id == 0 {
         return Err(Error::invalid("node id must be >= 1"));
     }
-    crate::config::parse_peers(&format!("{id}={addr}"))?;
+    crate::config::check_addr("addr", addr)?;
     if r.shared.state_machine()?.is_removed(id)? {
         return Err(Error::invalid(format!(
             "node id {id} was removed from this cluster and cannot be reused"

@@ -32,7 +32,7 @@ use crate::storage::DirLock;
 use crate::transport::listener::Listener;
 use crate::transport::{Host, Transport, TransportConfig, TransportStats};
 
-pub use data::{now_ms, BatchWrite, ScanRange};
+pub use data::{now_ms, BatchWrite, ScanRange, BATCH_OPS_MAX};
 pub use membership::{members_json, MemberInfo, MemberRole};
 pub use stats::PeerProgress;
 pub use watch::{Event, EventKind, Watch};

@@ -29,12 +29,26 @@ pub(super) fn open_dir(cfg: &Config) -> Result<OnDisk> {
     let mut log = LogStore::open(&cfg.dir.join("wal"))?;
     let data_dir = storage::current_data_dir(&cfg.dir)?;
     let fresh = log.identity()?.is_none() && log.is_empty();
-    if fresh {
-        if let Some(backup) = &cfg.restore_from {
-            seed_from_backup(backup, &data_dir)?;
-        }
+    let seeded = fresh && cfg.restore_from.is_some();
+    if let (true, Some(backup)) = (seeded, &cfg.restore_from) {
+        seed_from_backup(backup, &data_dir)?;
     }
-    let sm = StateMachine::open(&data_dir, cfg.map_size_mb)?;
+    let sm = match StateMachine::open(&data_dir, cfg.map_size_mb).and_then(|sm| {
+        if seeded {
+            check_seeded(cfg, sm)
+        } else {
+            Ok(sm)
+        }
+    }) {
+        Ok(sm) => sm,
+        Err(e) => {
+            if seeded {
+                // Leave the directory as it was, so that a corrected restore_from can be retried.
+                let _ = fs::remove_dir_all(&data_dir);
+            }
+            return Err(e);
+        }
+    };
     let identity = match log.identity()? {
         Some(id) => {
             check_identity(cfg, &id)?;
@@ -78,12 +92,37 @@ fn check_identity(cfg: &Config, id: &Identity) -> Result<()> {
     Ok(())
 }
 
+/// A state machine seeded from a backup must be one a replica wrote: every replica that was
+/// ever opened has an applied index, so an LMDB file without one is not a kvr backup.
+fn check_seeded(cfg: &Config, sm: StateMachine) -> Result<StateMachine> {
+    if sm.applied()?.0 == 0 {
+        let backup = cfg
+            .restore_from
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        return Err(Error::Corrupt(format!(
+            "{} is not a kvr backup: it holds no applied index",
+            backup.display()
+        )));
+    }
+    Ok(sm)
+}
+
 /// Copies a backup file into the (not yet created) state-machine directory.
 fn seed_from_backup(backup: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
     if data_dir.join("data.mdb").exists() {
         return Err(Error::invalid(format!(
             "{} already holds a state machine",
             data_dir.display()
+        )));
+    }
+    let len = fs::metadata(backup)
+        .map_err(|e| Error::Io(format!("cannot read backup {}: {e}", backup.display())))?
+        .len();
+    if len == 0 {
+        return Err(Error::Corrupt(format!(
+            "{} is not a kvr backup: it is empty",
+            backup.display()
         )));
     }
     fs::create_dir_all(data_dir)?;
