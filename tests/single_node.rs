@@ -244,3 +244,49 @@ fn member_addresses_must_be_dialable() {
     );
     r.close().unwrap();
 }
+
+/// Writes that keep the raft thread busy far longer than the retry interval (16 values of
+/// 4 MiB at once, with 1 ms ticks so the interval is at its 200 ms floor) are still each
+/// proposed exactly once: an attempt waiting in the raft thread's queue or sitting in the
+/// leader's own log cannot be lost, and sending it again would only add to the backlog.
+#[test]
+fn a_slow_log_is_not_sent_the_same_write_again() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Config::new(1, d.path());
+    c.tick_ms = 1;
+    c.request_timeout_ms = 120_000;
+    let r = Arc::new(Replica::open(c).unwrap());
+    r.put(b"warm", b"up").unwrap();
+    let proposals = |r: &Replica| -> u64 {
+        let s = r.stats_json();
+        let at = s.find("\"proposals_total\":").expect("proposals_total") + 18;
+        s[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = proposals(&r);
+    let value = vec![b'v'; kvr::config::VALUE_BYTES_MAX];
+    let started = std::time::Instant::now();
+    thread::scope(|s| {
+        for i in 0..16u8 {
+            let (r, value) = (&r, &value);
+            s.spawn(move || r.put(&[b'k', i], value).unwrap());
+        }
+    });
+    let took = started.elapsed();
+    assert_eq!(
+        proposals(&r) - before,
+        16,
+        "each write proposed once (the writes took {took:?})"
+    );
+    assert_eq!(r.status().duplicates, 0);
+    for i in 0..16u8 {
+        assert_eq!(
+            r.get(&[b'k', i]).unwrap().map(|v| v.len()),
+            Some(kvr::config::VALUE_BYTES_MAX)
+        );
+    }
+}

@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::node::apply::{Applier, ApplySettings};
 use crate::node::host::NodeHost;
 use crate::node::raft_loop::{RaftLoop, Timing};
-use crate::node::{waiters::Waiters, RaftMsg, Role, Shared};
+use crate::node::waiters::{Attempt, Waiters};
+use crate::node::{RaftMsg, Role, Shared};
 use crate::storage::log_store::LogStore;
 use crate::storage::snapshot::Registry;
 use crate::storage::state_machine::StateMachine;
@@ -332,27 +333,61 @@ impl Replica {
 
     /// Sends `make()` to the raft thread and waits for request `seq` to apply, sending it again
     /// whenever an attempt may have been lost, until `deadline`.
+    ///
+    /// An attempt still queued for the raft thread, or appended to this replica's own log while
+    /// it stays leader in that term, cannot have been lost however long it takes (a 4 MiB value
+    /// on a slow disk), so it is not sent again: that would only add load where the log is
+    /// already behind. An attempt forwarded to another leader, or one whose leader changed, is
+    /// sent again after the retry interval, which doubles up to 8 times its base so that a slow
+    /// cluster is not flooded.
     fn request_until(&self, seq: u64, deadline: Instant, make: impl Fn() -> RaftMsg) -> Result<()> {
         let (tx, rx) = channel::bounded(8);
         self.shared.waiters.register(seq, tx);
         let mut last_err = Error::Timeout;
+        let base = self.retry_interval();
+        let mut interval = base;
         loop {
             self.check_open()?;
             if Instant::now() >= deadline {
                 return Err(self.explain(last_err));
             }
+            self.shared.waiters.set_attempt(&[seq], Attempt::Queued);
             self.send_to_raft(make(), deadline)?;
-            let attempt_end = deadline.min(Instant::now() + self.retry_interval());
-            match rx.recv_deadline(attempt_end) {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e @ (Error::NoLeader | Error::Busy(_)))) => {
-                    last_err = e;
-                    self.pause(deadline);
+            let mut attempt_end = deadline.min(Instant::now() + interval);
+            loop {
+                match rx.recv_deadline(attempt_end) {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e @ (Error::NoLeader | Error::Busy(_)))) => {
+                        last_err = e;
+                        self.pause(deadline);
+                        interval = base;
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(RecvTimeoutError::Timeout) => {
+                        last_err = Error::Timeout;
+                        if attempt_end < deadline && self.cannot_be_lost(seq) {
+                            attempt_end = deadline.min(Instant::now() + base);
+                            continue;
+                        }
+                        interval = (interval * 2).min(base * 8);
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Err(self.shared.stopped_error()),
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(RecvTimeoutError::Timeout) => last_err = Error::Timeout,
-                Err(RecvTimeoutError::Disconnected) => return Err(self.shared.stopped_error()),
+                break;
             }
+        }
+    }
+
+    /// True while the latest attempt of request `seq` waits in the raft thread's queue, or sits
+    /// in this replica's log, appended while it led in the term it still leads.
+    fn cannot_be_lost(&self, seq: u64) -> bool {
+        match self.shared.waiters.attempt(seq) {
+            Attempt::Queued => true,
+            Attempt::Appended(term) => {
+                self.shared.role() == Role::Leader
+                    && self.shared.term.load(Ordering::Acquire) == term
+            }
+            Attempt::Forwarded => false,
         }
     }
 

@@ -21,6 +21,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole, INVALID_ID};
 
+use super::waiters::Attempt;
 use super::{ApplyTask, RaftMsg, Role, Shared};
 use crate::command::ConfContext;
 use crate::error::{Error, Result};
@@ -248,8 +249,18 @@ impl RaftLoop {
             self.shared.waiters.notify(seq, Err(busy));
             return;
         }
-        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
-            self.shared.waiters.notify(seq, Err(Error::from(e)));
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => self.shared.waiters.set_attempt(&[seq], self.attempt()),
+            Err(e) => self.shared.waiters.notify(seq, Err(Error::from(e))),
+        }
+    }
+
+    /// Where a request just handed to Raft stands: in this leader's log, or forwarded.
+    fn attempt(&self) -> Attempt {
+        if self.raw.raft.state == StateRole::Leader {
+            Attempt::Appended(self.raw.raft.term)
+        } else {
+            Attempt::Forwarded
         }
     }
 
@@ -288,10 +299,13 @@ impl RaftLoop {
             } else {
                 crate::command::pack(&datas)
             };
-            if let Err(e) = self.raw.propose(Vec::new(), data) {
-                let e = Error::from(e);
-                for seq in seqs {
-                    self.shared.waiters.notify(seq, Err(e.clone()));
+            match self.raw.propose(Vec::new(), data) {
+                Ok(()) => self.shared.waiters.set_attempt(&seqs, self.attempt()),
+                Err(e) => {
+                    let e = Error::from(e);
+                    for seq in seqs {
+                        self.shared.waiters.notify(seq, Err(e.clone()));
+                    }
                 }
             }
         }
