@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Cluster;
+use common::{json_numbers, Cluster};
 
 fn check_everywhere(c: &mut Cluster, acked: &[(String, String)]) {
     for id in 1..=3 {
@@ -123,4 +123,47 @@ fn three_processes_replicate_survive_crashes_and_restart() {
     for id in 1..=3 {
         c.node(id).stop();
     }
+}
+
+/// A follower with no caller waiting holds committed entries back for a few milliseconds and
+/// commits its state machine (one fsync each) in fewer, larger batches; the leader, whose
+/// callers wait, commits each write at once. Reads and writes on the follower are not held.
+#[test]
+fn an_idle_follower_commits_its_state_machine_in_fewer_batches() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let batches = |c: &mut Cluster, id: u64| {
+        let stats = c.node(id).cmd("stats");
+        json_numbers(&stats, "apply_batches")[0]
+    };
+    assert_eq!(c.node(leader).put("warm", "up"), "OK");
+    let commit = c.node(leader).status_u64("commit");
+    c.wait_applied(follower, commit);
+    let (l0, f0) = (batches(&mut c, leader), batches(&mut c, follower));
+    const WRITES: u64 = 200;
+    for i in 0..WRITES {
+        assert_eq!(c.node(leader).put(&format!("k{i}"), &format!("v{i}")), "OK");
+    }
+    let commit = c.node(leader).status_u64("commit");
+    c.wait_applied(follower, commit);
+    let (l1, f1) = (batches(&mut c, leader), batches(&mut c, follower));
+    let (on_leader, on_follower) = (l1 - l0, f1 - f0);
+    assert!(
+        on_leader >= WRITES * 9 / 10,
+        "the leader commits each awaited write: {on_leader} batches for {WRITES} writes"
+    );
+    assert!(
+        on_follower <= on_leader / 2,
+        "the idle follower batches: {on_follower} batches, leader {on_leader}"
+    );
+    // A linearizable read on the follower is answered at once with the last write.
+    let last = WRITES - 1;
+    assert_eq!(
+        c.node(follower).get(&format!("k{last}")),
+        format!("v{last}")
+    );
+    // A write of its own is applied before it returns: a stale read right after sees it.
+    assert_eq!(c.node(follower).put("mine", "x"), "OK");
+    assert_eq!(c.node(follower).sget("mine"), "x");
 }

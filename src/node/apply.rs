@@ -27,6 +27,10 @@ use crate::storage::state_machine::{ApplyTxn, Dedup, StateMachine, SESSION_SWEEP
 
 /// Most entries applied in one LMDB txn.
 const BATCH_ENTRIES_MAX: usize = 16_384;
+/// Longest a replica with no caller waiting holds committed entries back to batch them.
+const HOLD_MAX: Duration = Duration::from_millis(10);
+/// Most entry bytes held back.
+const HOLD_BYTES_MAX: usize = 4 << 20;
 /// Attempts at committing a batch before the replica fails closed.
 const COMMIT_ATTEMPTS_MAX: u32 = 5;
 
@@ -85,17 +89,35 @@ impl Applier {
 
     /// Runs until shut down or failed.
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
-            let mut entries: Vec<Entry> = Vec::new();
-            let mut confs: Vec<(u64, ConfState)> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut confs: Vec<(u64, ConfState)> = Vec::new();
+        // When the entries held back (see `may_hold`) arrived first.
+        let mut held_since = Instant::now();
+        loop {
+            let first = if entries.is_empty() {
+                match self.rx.recv() {
+                    Ok(t) => Some(t),
+                    Err(_) => break,
+                }
+            } else {
+                let left = HOLD_MAX.saturating_sub(held_since.elapsed());
+                match self.rx.recv_timeout(left) {
+                    Ok(t) => Some(t),
+                    Err(flume::RecvTimeoutError::Timeout) => None,
+                    Err(flume::RecvTimeoutError::Disconnected) => Some(ApplyTask::Shutdown),
+                }
+            };
             let mut stop = false;
-            let mut task = Some(first);
+            let mut task = first;
             while let Some(t) = task.take() {
                 match t {
                     ApplyTask::Entries {
                         entries: e,
                         confs: c,
                     } => {
+                        if entries.is_empty() {
+                            held_since = Instant::now();
+                        }
                         entries.extend(e);
                         confs.extend(c);
                     }
@@ -129,12 +151,14 @@ impl Applier {
                 }
                 task = self.rx.try_recv().ok();
             }
-            if !entries.is_empty() {
+            if !entries.is_empty() && (stop || !self.may_hold(&entries, held_since)) {
                 if let Err(e) = self.apply_batch(&entries, &confs) {
                     self.shared.fail(e.clone());
                     self.fail_reads(&e);
                     return;
                 }
+                entries.clear();
+                confs.clear();
             }
             self.complete_reads();
             if stop {
@@ -142,6 +166,30 @@ impl Applier {
             }
         }
         self.fail_reads(&Error::Closed);
+    }
+
+    /// True when committed entries may wait a little to join a larger batch: nobody on this
+    /// replica waits for them (no write of its own in flight, no read), they are all plain
+    /// entries, and they are few, small and recent. A follower serving no callers then commits
+    /// its state machine — one fsync each time — a few hundred times a second at most, instead
+    /// of once per batch the leader commits. Stale reads and watches on such a replica lag by
+    /// at most [`HOLD_MAX`] more.
+    fn may_hold(&self, entries: &[Entry], since: Instant) -> bool {
+        if !self.reads.is_empty()
+            || !self.shared.waiters.is_empty()
+            || entries.len() >= BATCH_ENTRIES_MAX
+            || since.elapsed() >= HOLD_MAX
+        {
+            return false;
+        }
+        let mut bytes = 0usize;
+        for e in entries {
+            if e.get_entry_type() != EntryType::EntryNormal {
+                return false;
+            }
+            bytes += e.data.len();
+        }
+        bytes < HOLD_BYTES_MAX
     }
 
     fn apply_batch(&mut self, entries: &[Entry], confs: &[(u64, ConfState)]) -> Result<()> {
