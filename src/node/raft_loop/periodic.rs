@@ -42,7 +42,8 @@ impl RaftLoop {
 
     /// Drops log entries below the last durable snapshot point, keeping a margin for
     /// followers that are a little behind, the entries a follower receiving a snapshot will
-    /// need once it has installed it, and those a live follower being probed still needs.
+    /// need once it has installed it, and those a live follower being probed still needs
+    /// (including one that has just been sent a snapshot and not yet answered).
     fn maybe_compact(&mut self) -> Result<()> {
         let snap = self.shared.snapshot_index.load(Ordering::Acquire);
         let mut target = snap
@@ -63,8 +64,12 @@ impl RaftLoop {
                 .iter()
                 .filter_map(|(_, p)| match p.state {
                     ProgressState::Snapshot => Some(p.pending_snapshot),
-                    ProgressState::Probe if p.recent_active && p.matched >= truncated => {
-                        Some(p.matched)
+                    // Right after a snapshot was sent, raft probes from the snapshot's
+                    // index while `matched` is still the old one: keep what it will ask for.
+                    ProgressState::Probe if p.recent_active => {
+                        [p.matched, p.next_idx.saturating_sub(1)]
+                            .into_iter()
+                            .find(|&i| i >= truncated)
                     }
                     _ => None,
                 })
