@@ -120,6 +120,46 @@ fn concurrent_writers_all_land() {
     assert_eq!(s.duplicates, 0, "no retries without faults");
 }
 
+/// A write is answered once its outcome is decided, before the state-machine commit holding
+/// it is on disk; every read on the handle, stale ones included, still sees it — from the
+/// writing thread and from any thread it tells.
+#[test]
+fn every_read_sees_the_writes_already_answered() {
+    let d = tempfile::tempdir().unwrap();
+    let r = Arc::new(open(d.path()));
+    let (tx, rx) = std::sync::mpsc::channel::<(String, u32)>();
+    let checker = {
+        let r = r.clone();
+        thread::spawn(move || {
+            for (k, i) in rx {
+                let got = r.get_with(k.as_bytes(), ReadConsistency::Stale).unwrap();
+                // Another writer thread may have moved the key on since; never back.
+                let got = u32::from_le_bytes(got.unwrap().try_into().unwrap());
+                assert!(got >= i, "{k}: read {got} after {i} was answered");
+            }
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let (r, tx) = (r.clone(), tx.clone());
+            thread::spawn(move || {
+                let k = format!("w{t}");
+                for i in 0..300u32 {
+                    r.put(k.as_bytes(), &i.to_le_bytes()).unwrap();
+                    let got = r.get_with(k.as_bytes(), ReadConsistency::Stale).unwrap();
+                    assert_eq!(got, Some(i.to_le_bytes().to_vec()), "{k} after put {i}");
+                    tx.send((k.clone(), i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for w in writers {
+        w.join().unwrap();
+    }
+    checker.join().unwrap();
+}
+
 #[test]
 fn misuse_gets_clear_errors() {
     let d = tempfile::tempdir().unwrap();

@@ -272,6 +272,21 @@ impl Applier {
         }
         let applied = txn.applied();
         if applied > start {
+            // The outcomes are decided and the entries are durable in a majority's logs, so
+            // the callers get them now rather than after this commit's fsync; a restart would
+            // replay the same entries to the same outcomes. Reads on this replica wait for
+            // the commit (`replied_index`), so they still see every answered write. Batches
+            // changing membership reply after the commit, as member lists read it directly.
+            if !done.is_empty()
+                && entries
+                    .iter()
+                    .all(|e| e.get_entry_type() == EntryType::EntryNormal)
+            {
+                self.shared
+                    .replied_index
+                    .fetch_max(applied, Ordering::AcqRel);
+                self.shared.waiters.complete_all(done.drain(..));
+            }
             let started = Instant::now();
             txn.commit()?;
             self.shared

@@ -161,6 +161,9 @@ pub struct Shared {
     pub first_index: AtomicU64,
     /// Applied index (updated after each apply batch commits).
     pub applied_index: AtomicU64,
+    /// Highest index whose outcome was handed to a caller of this replica before the state
+    /// machine commit holding it landed; local reads wait until `applied_index` reaches it.
+    pub replied_index: AtomicU64,
     /// Log writes (each one write and one fdatasync) since open.
     pub log_writes: AtomicU64,
     /// Microseconds the raft thread spent in log writes since open.
@@ -268,6 +271,27 @@ impl Shared {
             return;
         }
         let _ = self.applied_signal.wait_timeout(g, timeout);
+    }
+
+    /// Waits until every write already answered on this replica is visible in its state
+    /// machine (at most the one commit in flight), or `deadline` passes.
+    pub fn wait_replied_visible(&self, deadline: std::time::Instant) -> Result<()> {
+        let replied = self.replied_index.load(Ordering::Acquire);
+        while self.applied_index.load(Ordering::Acquire) < replied {
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(self.stopped_error());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout);
+            }
+            let seen = self.applied_index.load(Ordering::Acquire);
+            if seen >= replied {
+                break;
+            }
+            self.wait_applied(seen, deadline - now);
+        }
+        Ok(())
     }
 
     /// Remembers that a peer refused this replica (reported when requests cannot complete).

@@ -420,7 +420,9 @@ impl Replica {
         match consistency {
             ReadConsistency::Linearizable => self.read_barrier_with(false),
             ReadConsistency::Lease => self.read_barrier_with(true),
-            ReadConsistency::Stale => Ok(()),
+            ReadConsistency::Stale => self
+                .shared
+                .wait_replied_visible(Instant::now() + self.timeout()),
         }
     }
 
@@ -529,6 +531,7 @@ fn new_shared(
         last_index: AtomicU64::new(log.last_index_now()),
         first_index: AtomicU64::new(log.truncated_index() + 1),
         applied_index: AtomicU64::new(applied),
+        replied_index: AtomicU64::new(0),
         log_writes: AtomicU64::new(0),
         log_write_us: AtomicU64::new(0),
         apply_commit_us: AtomicU64::new(0),
