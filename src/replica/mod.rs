@@ -217,11 +217,21 @@ impl Replica {
     /// txn. Replicas at the same applied index must have the same digest.
     pub fn digest(&self) -> Result<(u64, u64, u64)> {
         self.check_open()?;
+        self.settle()?;
         self.shared.state_machine()?.digest()
     }
 
-    /// A snapshot of this replica's Raft and apply state.
+    /// Waits until every write already answered on this replica is in its state machine
+    /// (writes are answered just before the commit that holds them; see `apply.rs`).
+    pub(crate) fn settle(&self) -> Result<()> {
+        self.shared
+            .wait_replied_visible(Instant::now() + self.timeout())
+    }
+
+    /// A snapshot of this replica's Raft and apply state (counting every write answered so far).
     pub fn status(&self) -> Status {
+        // Best effort: a failed or closed replica still reports where it stopped.
+        let _ = self.settle();
         let s = &self.shared;
         Status {
             node_id: s.node_id,
@@ -420,9 +430,7 @@ impl Replica {
         match consistency {
             ReadConsistency::Linearizable => self.read_barrier_with(false),
             ReadConsistency::Lease => self.read_barrier_with(true),
-            ReadConsistency::Stale => self
-                .shared
-                .wait_replied_visible(Instant::now() + self.timeout()),
+            ReadConsistency::Stale => self.settle(),
         }
     }
 

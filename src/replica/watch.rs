@@ -59,6 +59,8 @@ impl Replica {
                 "the change feed is disabled (watch_retain_entries=0)",
             ));
         }
+        // "From now" starts after every write already answered here.
+        self.settle()?;
         let sm = self.shared.state_machine()?;
         let cursor = match from_index {
             0 => (sm.applied()?.0, u32::MAX),
