@@ -129,7 +129,7 @@ fn three_processes_replicate_survive_crashes_and_restart() {
 /// commits its state machine (one fsync each) in fewer, larger batches; the leader, whose
 /// callers wait, commits each write at once. Reads and writes on the follower are not held.
 #[test]
-fn an_idle_follower_commits_its_state_machine_in_fewer_batches() {
+fn replicas_commit_their_state_machine_in_fewer_batches_than_writes() {
     let mut c = Cluster::start(3);
     let leader = c.wait_leader();
     let follower = (1..=3).find(|&i| i != leader).unwrap();
@@ -142,23 +142,35 @@ fn an_idle_follower_commits_its_state_machine_in_fewer_batches() {
     c.wait_applied(follower, commit);
     let (l0, f0) = (batches(&mut c, leader), batches(&mut c, follower));
     const WRITES: u64 = 200;
+    let started = std::time::Instant::now();
     for i in 0..WRITES {
         assert_eq!(c.node(leader).put(&format!("k{i}"), &format!("v{i}")), "OK");
     }
+    let took = started.elapsed();
+    // Each write was answered before the state machine commit holding it; a stale read on
+    // the leader right after sees the last one.
+    let last = WRITES - 1;
+    assert_eq!(c.node(leader).sget(&format!("k{last}")), format!("v{last}"));
     let commit = c.node(leader).status_u64("commit");
     c.wait_applied(follower, commit);
     let (l1, f1) = (batches(&mut c, leader), batches(&mut c, follower));
     let (on_leader, on_follower) = (l1 - l0, f1 - f0);
-    assert!(
-        on_leader >= WRITES * 9 / 10,
-        "the leader commits each awaited write: {on_leader} batches for {WRITES} writes"
-    );
-    assert!(
-        on_follower <= on_leader / 2,
-        "the idle follower batches: {on_follower} batches, leader {on_leader}"
-    );
+    // Commits happen at most once per hold (10 ms), plus the ones reads ask for; writes that
+    // came slower than that cannot share them.
+    let holds = took.as_millis() as u64 / 10 + 3;
+    if holds < WRITES / 2 {
+        assert!(
+            on_leader <= WRITES / 2,
+            "the leader batches its commits: {on_leader} batches for {WRITES} writes in {took:?}"
+        );
+        assert!(
+            on_follower <= WRITES / 2,
+            "the follower batches its commits: {on_follower} batches for {WRITES} writes in {took:?}"
+        );
+    } else {
+        eprintln!("writes too slow ({took:?}) to share commits; batching not checked");
+    }
     // A linearizable read on the follower is answered at once with the last write.
-    let last = WRITES - 1;
     assert_eq!(
         c.node(follower).get(&format!("k{last}")),
         format!("v{last}")

@@ -102,6 +102,8 @@ pub enum ApplyTask {
         /// Callers waiting to read.
         waiters: Vec<Sender<Result<()>>>,
     },
+    /// Commit what is applied now: a caller waits to read it (see [`Shared::flush_wanted`]).
+    Flush,
     /// Stop the thread.
     Shutdown,
 }
@@ -159,11 +161,16 @@ pub struct Shared {
     pub last_index: AtomicU64,
     /// First index still in the log (everything before was compacted or snapshotted).
     pub first_index: AtomicU64,
-    /// Applied index (updated after each apply batch commits).
+    /// Applied index visible to readers (updated after each state machine commit).
     pub applied_index: AtomicU64,
     /// Highest index whose outcome was handed to a caller of this replica before the state
     /// machine commit holding it landed; local reads wait until `applied_index` reaches it.
     pub replied_index: AtomicU64,
+    /// Set by a reader waiting for `replied_index` to become visible: the apply thread then
+    /// commits what it holds at once instead of batching it further.
+    pub flush_wanted: AtomicBool,
+    /// Wakes the apply thread (weak: it does not keep the apply thread's inbox open).
+    pub apply_wake: flume::WeakSender<ApplyTask>,
     /// Log writes (each one write and one fdatasync) since open.
     pub log_writes: AtomicU64,
     /// Microseconds the raft thread spent in log writes since open.
@@ -274,9 +281,16 @@ impl Shared {
     }
 
     /// Waits until every write already answered on this replica is visible in its state
-    /// machine (at most the one commit in flight), or `deadline` passes.
+    /// machine (asking the apply thread to commit what it holds), or `deadline` passes.
     pub fn wait_replied_visible(&self, deadline: std::time::Instant) -> Result<()> {
         let replied = self.replied_index.load(Ordering::Acquire);
+        if self.applied_index.load(Ordering::Acquire) < replied
+            && !self.flush_wanted.swap(true, Ordering::AcqRel)
+        {
+            if let Some(tx) = self.apply_wake.upgrade() {
+                let _ = tx.try_send(ApplyTask::Flush);
+            }
+        }
         while self.applied_index.load(Ordering::Acquire) < replied {
             if self.stopping.load(Ordering::Acquire) {
                 return Err(self.stopped_error());

@@ -25,7 +25,7 @@ use crate::node::apply::{Applier, ApplySettings};
 use crate::node::host::NodeHost;
 use crate::node::raft_loop::{RaftLoop, Timing};
 use crate::node::waiters::{Attempt, Waiters};
-use crate::node::{RaftMsg, Role, Shared};
+use crate::node::{ApplyTask, RaftMsg, Role, Shared};
 use crate::storage::log_store::LogStore;
 use crate::storage::snapshot::Registry;
 use crate::storage::state_machine::StateMachine;
@@ -141,12 +141,19 @@ impl Replica {
         } = open::open_dir(&cfg)?;
         let stats = Arc::new(TransportStats::default());
         let members = sm.members()?;
-        let shared = Arc::new(new_shared(&cfg, &log, sm, applied, stats.clone())?);
+        let (apply_tx, apply_rx) = flume::unbounded();
+        let shared = Arc::new(new_shared(
+            &cfg,
+            &log,
+            sm,
+            applied,
+            stats.clone(),
+            apply_tx.downgrade(),
+        )?);
         let registry = Arc::new(Registry::default());
         log.set_snapshot_source(snapshot_source(shared.clone(), registry.clone()));
         let raw = RawNode::new(&raft_config(&cfg, applied), log, &raft_logger())?;
         let (inbox_tx, inbox_rx) = flume::bounded(INBOX_LEN);
-        let (apply_tx, apply_rx) = flume::unbounded();
 
         let mut threads = Threads {
             lock: Some(lock),
@@ -527,6 +534,7 @@ fn new_shared(
     sm: StateMachine,
     applied: u64,
     stats: Arc<TransportStats>,
+    apply_wake: flume::WeakSender<ApplyTask>,
 ) -> Result<Shared> {
     let removed = sm.is_removed(cfg.node_id)?;
     Ok(Shared {
@@ -540,6 +548,8 @@ fn new_shared(
         first_index: AtomicU64::new(log.truncated_index() + 1),
         applied_index: AtomicU64::new(applied),
         replied_index: AtomicU64::new(0),
+        flush_wanted: AtomicBool::new(false),
+        apply_wake,
         log_writes: AtomicU64::new(0),
         log_write_us: AtomicU64::new(0),
         apply_commit_us: AtomicU64::new(0),
