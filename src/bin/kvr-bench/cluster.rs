@@ -40,6 +40,8 @@ pub struct Cluster {
     children: Vec<ChildReplica>,
     /// The leader once the cluster first committed a write.
     pub leader: u64,
+    /// Directory holding every replica's data.
+    dir: PathBuf,
 }
 
 /// One child replica process.
@@ -97,6 +99,7 @@ impl Cluster {
             store: Some(store),
             children,
             leader: 0,
+            dir: dir.to_path_buf(),
         };
         cluster.leader = cluster.wait_for_leader()?;
         if cluster.leader != 1 {
@@ -106,6 +109,11 @@ impl Cluster {
             );
         }
         Ok(cluster)
+    }
+
+    /// Directory holding every replica's data.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The in-process replica.

@@ -30,6 +30,26 @@ pub fn mem(pid: u32) -> Option<Mem> {
     })
 }
 
+/// The `/sys` statistics file of the block device holding `path`, when there is one.
+pub fn disk_stat_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).ok()?.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    file.exists().then_some(file)
+}
+
+/// `(write requests, bytes written)` so far by the device whose statistics file is `stat`.
+pub fn disk_written(stat: &std::path::Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(stat).ok()?;
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some((*f.get(4)?, f.get(6)? * 512))
+}
+
 /// CPU ticks of every thread of one process at one moment.
 pub struct CpuSnapshot {
     at: Instant,

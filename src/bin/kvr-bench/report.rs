@@ -384,6 +384,11 @@ fn profile_json(p: &Profile) -> Json {
         ("entries_per_commit", round2(p.entries_per_batch()).into()),
         ("apply_commit_avg_us", round2(p.commit_avg_us()).into()),
         ("apply_thread_in_commits", round3(p.apply_busy()).into()),
+        ("disk_write_mb_per_s", round2(p.disk_mb_per_s()).into()),
+        (
+            "disk_write_bytes_per_client_write",
+            round2(p.disk_bytes_per_write()).into(),
+        ),
     ])
 }
 

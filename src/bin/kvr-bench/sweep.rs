@@ -3,7 +3,7 @@
 //! burn during every measured window is recorded, as a first profile, and so is where replica
 //! 1's raft and apply threads spend their time (its `stats` counters).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::cluster::Cluster;
@@ -39,13 +39,25 @@ pub struct Profile {
     pub entries_applied: f64,
     /// Microseconds the apply thread spent committing batches.
     pub apply_commit_us: f64,
+    /// Write requests and bytes the disk holding every replica's data completed (all three
+    /// replicas share it; `NaN` when the device is unknown).
+    pub disk_writes: f64,
+    pub disk_bytes: f64,
+    /// Writes the clients completed.
+    pub client_writes: f64,
 }
 
 impl Profile {
     /// The counters now (`seconds` unset).
-    fn sample(store: &Store) -> Option<Profile> {
+    fn sample(store: &Store, disk: Option<&Path>) -> Option<Profile> {
         let j = crate::json::parse(&store.stats_json()?).ok()?;
+        let (disk_writes, disk_bytes) = disk
+            .and_then(procfs::disk_written)
+            .map_or((f64::NAN, f64::NAN), |(w, b)| (w as f64, b as f64));
         Some(Profile {
+            disk_writes,
+            disk_bytes,
+            client_writes: 0.0,
             seconds: 0.0,
             log_writes: j.num("log_writes")?,
             log_write_us: j.num("log_write_us")?,
@@ -63,7 +75,20 @@ impl Profile {
             apply_batches: self.apply_batches - before.apply_batches,
             entries_applied: self.entries_applied - before.entries_applied,
             apply_commit_us: self.apply_commit_us - before.apply_commit_us,
+            disk_writes: self.disk_writes - before.disk_writes,
+            disk_bytes: self.disk_bytes - before.disk_bytes,
+            client_writes: 0.0,
         }
+    }
+
+    /// Megabytes per second the shared disk wrote.
+    pub fn disk_mb_per_s(&self) -> f64 {
+        self.disk_bytes / 1e6 / self.seconds.max(1e-9)
+    }
+
+    /// Disk bytes written per client write (all replicas, log and state machine).
+    pub fn disk_bytes_per_write(&self) -> f64 {
+        self.disk_bytes / self.client_writes.max(1.0)
     }
 
     /// Share of the window the raft thread spent in log appends.
@@ -153,9 +178,13 @@ fn phase(
     c: usize,
     plan: &Plan<'_>,
 ) -> Result<Phase, String> {
-    let mut watch = CpuWatch::new(cluster.pids(), cluster.store());
+    let disk = procfs::disk_stat_file(cluster.dir());
+    let mut watch = CpuWatch::new(cluster.pids(), cluster.store(), disk);
     let stats = load::run(cluster.store(), op, c, plan.work, plan.win, &mut watch)?;
-    let (cpu, profile) = (watch.used, watch.profile);
+    let (cpu, mut profile) = (watch.used, watch.profile);
+    if let Some(p) = profile.as_mut() {
+        p.client_writes = stats.ops as f64;
+    }
     cluster.check_alive()?;
     report_progress(&format!("kvr {} {}", api.name(), op.name()), c, &stats);
     if stats.ops == 0 {
@@ -198,11 +227,13 @@ struct CpuWatch<'a> {
     used: Vec<CpuUse>,
     profile_before: Option<(Instant, Profile)>,
     profile: Option<Profile>,
+    disk: Option<PathBuf>,
 }
 
 impl<'a> CpuWatch<'a> {
-    fn new(pids: Vec<u32>, store: &'a Store) -> CpuWatch<'a> {
+    fn new(pids: Vec<u32>, store: &'a Store, disk: Option<PathBuf>) -> CpuWatch<'a> {
         CpuWatch {
+            disk,
             pids,
             store,
             before: Vec::new(),
@@ -216,7 +247,8 @@ impl<'a> CpuWatch<'a> {
 impl Watch for CpuWatch<'_> {
     fn start(&mut self) {
         self.before = self.pids.iter().map(|&p| procfs::cpu_snapshot(p)).collect();
-        self.profile_before = Profile::sample(self.store).map(|p| (Instant::now(), p));
+        self.profile_before =
+            Profile::sample(self.store, self.disk.as_deref()).map(|p| (Instant::now(), p));
     }
 
     fn end(&mut self) {
@@ -226,8 +258,10 @@ impl Watch for CpuWatch<'_> {
             .zip(&self.before)
             .map(|(&p, b)| procfs::cpu_use(b, &procfs::cpu_snapshot(p)))
             .collect();
-        if let (Some((at, before)), Some(now)) = (self.profile_before, Profile::sample(self.store))
-        {
+        if let (Some((at, before)), Some(now)) = (
+            self.profile_before,
+            Profile::sample(self.store, self.disk.as_deref()),
+        ) {
             self.profile = Some(now.since(&before, at.elapsed().as_secs_f64()));
         }
     }

@@ -291,11 +291,14 @@ fn profile(r: &Report, out: &mut String) {
             format!("{:.1}", p.entries_per_batch()),
             format!("{:.0}", p.commit_avg_us()),
             format!("{:.0}%", p.apply_busy() * 100.0),
+            format!("{:.0}", p.disk_mb_per_s()),
+            format!("{:.1}", p.disk_bytes_per_write() / 1024.0),
         ]);
     }
     out.push_str(
         "\nLeader's time during kvr writes (Rust API run; a log append is one write + fdatasync, \
-         an apply commit one LMDB txn + fdatasync)\n",
+         an apply commit one LMDB txn + fdatasync; disk: all three replicas' writes to the \
+         one device, per client write)\n",
     );
     out.push_str(&grid(
         &[
@@ -307,6 +310,8 @@ fn profile(r: &Report, out: &mut String) {
             "entries/commit",
             "commit us",
             "apply thread in commits",
+            "disk MB/s",
+            "disk KiB/write",
         ],
         &rows,
     ));
