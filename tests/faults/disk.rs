@@ -2,8 +2,11 @@
 //! make fsync/fdatasync/pwrite fail in one replica process at a chosen moment, and a small
 //! tmpfs for a real ENOSPC.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// errno values injected through libfiu's `failinfo`.
 pub const EIO: i32 = 5;
@@ -42,6 +45,22 @@ pub fn fiu_program(ctl: &Path) -> Vec<String> {
 
 /// Enables (`Some(errno)`) or disables (`None`) failure points in a running process.
 pub fn fiu_ctrl(ctl: &Path, pid: u32, points: &[&str], errno: Option<i32>) {
+    if let Err(e) = try_fiu_ctrl(ctl, pid, points, errno) {
+        panic!("{e}");
+    }
+}
+
+/// Longest `fiu-ctrl` may take: a stopped (SIGSTOP) process cannot answer on its control
+/// pipes, and one that dies meanwhile never will, which would block the caller for good.
+const FIU_CTRL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Like [`fiu_ctrl`], but an error when `fiu-ctrl` fails or gets no answer in time.
+pub fn try_fiu_ctrl(
+    ctl: &Path,
+    pid: u32,
+    points: &[&str],
+    errno: Option<i32>,
+) -> Result<(), String> {
     let mut cmd = Command::new("fiu-ctrl");
     cmd.arg("-f").arg(ctl);
     for p in points {
@@ -51,13 +70,41 @@ pub fn fiu_ctrl(ctl: &Path, pid: u32, points: &[&str], errno: Option<i32>) {
             None => format!("disable name={p}"),
         });
     }
-    let out = cmd.arg(pid.to_string()).output().expect("running fiu-ctrl");
-    assert!(
-        out.status.success(),
-        "fiu-ctrl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Its own process group, so that a timeout ends the script and the `cat` it waits on.
+    let mut child = cmd
+        .arg(pid.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("running fiu-ctrl: {e}"))?;
+    let deadline = Instant::now() + FIU_CTRL_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                // SAFETY: kill(2) on the process group of a child we spawned and not reaped.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(format!(
+                    "fiu-ctrl got no answer from pid {pid} in {FIU_CTRL_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("fiu-ctrl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fiu-ctrl failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// A tmpfs mounted for the life of the value (needs root or CAP_SYS_ADMIN).

@@ -216,7 +216,8 @@ impl Nemesis<'_> {
     fn disk(&mut self) -> String {
         let id = self.target();
         let p = self.cluster.proc(id);
-        let (Some(ctl), Some(pid)) = (p.fiu_ctl(), p.pid()) else {
+        // A stopped process cannot take the command (it is taken by a thread of its own).
+        let (Some(ctl), Some(pid), false) = (p.fiu_ctl(), p.pid(), p.paused()) else {
             return "disk/skipped".into();
         };
         let (points, what) = if self.rng.chance(50) {
@@ -224,7 +225,10 @@ impl Nemesis<'_> {
         } else {
             (super::disk::WRITE_POINTS, "disk/write-eio")
         };
-        super::disk::fiu_ctrl(&ctl, pid, points, Some(super::disk::EIO));
+        if let Err(e) = super::disk::try_fiu_ctrl(&ctl, pid, points, Some(super::disk::EIO)) {
+            self.log(&format!("disk fault on {id} not injected: {e}"));
+            return "disk/skipped".into();
+        }
         self.disk_faulted.push(id);
         what.into()
     }
