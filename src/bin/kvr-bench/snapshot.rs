@@ -47,7 +47,10 @@ impl Repl {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
-            .env("KVR_LOG", "warn");
+            .env(
+                "KVR_LOG",
+                std::env::var("KVR_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         let mut proc = child::die_with_parent(&mut cmd)
             .spawn()
             .map_err(|e| format!("start kvr: {e}"))?;
@@ -104,6 +107,15 @@ struct Peak {
     anon: u64,
 }
 
+/// Snapshot bytes a replica has sent so far, from its stats.
+fn snapshot_bytes_sent(node: &mut Repl) -> Result<f64, String> {
+    let stats = crate::json::parse(&node.cmd("stats")?)?;
+    Ok(stats
+        .get("transport")
+        .and_then(|t| t.num("snapshot_bytes_sent"))
+        .unwrap_or(0.0))
+}
+
 /// Runs the snapshot benchmark with `gib` GiB of state; returns its report.
 pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -135,6 +147,9 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
         peaks.clone(),
     );
 
+    // The leader may have sent snapshots before (to a follower that fell behind the load):
+    // only what it sends from here on is the transfer.
+    let sent_before = snapshot_bytes_sent(&mut nodes[leader])?;
     let started = Instant::now();
     let reply = nodes[leader].cmd(&format!("add 4 {}", addrs[3]))?;
     if reply != "OK" {
@@ -144,11 +159,7 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let after = probe(&mut nodes[follower], "after")?;
-    let stats = crate::json::parse(&nodes[leader].cmd("stats")?)?;
-    let bytes = stats
-        .get("transport")
-        .and_then(|t| t.num("snapshot_bytes_sent"))
-        .unwrap_or(0.0);
+    let bytes = snapshot_bytes_sent(&mut nodes[leader])? - sent_before;
     let check = joiner.cmd(&format!("get big-{}", keys - 1))?;
     if check.len() != VALUE_BYTES as usize {
         return Err(format!(
