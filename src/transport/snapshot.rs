@@ -2,7 +2,7 @@
 //!
 //! Sender: `SNAP_BEGIN`, `SNAP_CHUNK`×n, `SNAP_END`, then the Raft `MsgSnapshot` itself; then it
 //! waits for `SNAP_ACK`. Receiver: stages the chunks into a fresh environment, checks the
-//! totals and the applied index, acks, and only then hands the message to its raft thread.
+//! totals and the applied index, hands the message to its raft thread, and only then acks.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -109,10 +109,24 @@ pub fn receive(
     begin: &[u8],
     buf: &mut Vec<u8>,
 ) -> Result<()> {
-    let result = receive_inner(cfg, host, s, from, begin, buf);
+    // The snapshot goes to the raft thread before the sender hears it arrived: the sender then
+    // reports it sent, and the leader probes from its index. Every message the leader sends
+    // after that reaches the raft thread's inbox behind the snapshot, so none finds this
+    // replica without it (a probe rejected then would send the leader back to the start of
+    // the log, and so to another full snapshot).
+    let result = receive_inner(cfg, host, s, from, begin, buf).and_then(|(msg, staged)| {
+        stats
+            .snapshots_received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if host.deliver_snapshot(msg, staged) {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
+    });
     let mut ack = Vec::new();
     match &result {
-        Ok(_) => frame::put_frame(&mut ack, KIND_SNAP_ACK, &[0]),
+        Ok(()) => frame::put_frame(&mut ack, KIND_SNAP_ACK, &[0]),
         Err(e) => {
             let mut p = vec![1u8];
             p.extend_from_slice(e.to_string().as_bytes());
@@ -120,14 +134,7 @@ pub fn receive(
         }
     }
     let _ = s.write_all(&ack);
-    let (msg, staged) = result?;
-    stats
-        .snapshots_received
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if !host.deliver_snapshot(msg, staged) {
-        return Err(Error::Closed);
-    }
-    Ok(())
+    result
 }
 
 fn receive_inner(
@@ -188,4 +195,100 @@ fn receive_inner(
         totals.bytes
     );
     Ok((msg, staged))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read};
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use raft::eraftpb::Snapshot;
+
+    use super::*;
+    use crate::storage::snapshot::{Stage, Staged};
+
+    /// A replica whose raft thread is the `delivered` list; on delivery it looks whether the
+    /// sender's socket already holds the ack.
+    struct Receiver {
+        dir: PathBuf,
+        sender_side: TcpStream,
+        delivered: Mutex<Vec<(u64, bool)>>,
+    }
+
+    impl Host for Receiver {
+        fn deliver(&self, _: Message) -> bool {
+            unreachable!("only a snapshot arrives")
+        }
+        fn deliver_snapshot(&self, msg: Message, staged: Staged) -> bool {
+            self.sender_side.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            let acked = match (&self.sender_side).read(&mut b) {
+                Ok(n) => n > 0,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+                Err(e) => panic!("reading the sender's side: {e}"),
+            };
+            self.sender_side.set_nonblocking(false).unwrap();
+            assert_eq!(staged.index, msg.get_snapshot().get_metadata().index);
+            self.delivered.lock().unwrap().push((staged.index, acked));
+            true
+        }
+        fn stage_snapshot(&self, _: u64, index: u64, term: u64) -> Result<Stage> {
+            Stage::create(&self.dir.join("stage"), 8, index, term)
+        }
+        fn outgoing_snapshot(&self, _: &Snapshot) -> Option<Outgoing> {
+            None
+        }
+        fn snapshot_sent(&self, _: u64, _: bool) {}
+        fn unreachable(&self, _: u64) {}
+        fn check_peer(&self, _: u64, _: u64, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn refused(&self, _: u64, _: &Error) {}
+    }
+
+    /// Once the sender hears the snapshot arrived, the leader goes on from its index; a message
+    /// it sends then must not reach a raft thread that does not have the snapshot yet.
+    #[test]
+    fn a_received_snapshot_reaches_the_raft_thread_before_the_sender_is_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiving, _) = listener.accept().unwrap();
+        let host = Receiver {
+            dir: dir.path().to_path_buf(),
+            sender_side: sender.try_clone().unwrap(),
+            delivered: Mutex::new(Vec::new()),
+        };
+        let cfg = TransportConfig {
+            node_id: 1,
+            cluster_id: 0,
+            incarnation: 1,
+            advertise: "127.0.0.1:1".into(),
+            frame_bytes_max: 1 << 20,
+            secret: None,
+        };
+
+        // An empty state at (0, 0): no records, totals zero, then the Raft message.
+        let mut begin = Vec::new();
+        for w in [7u64, 0, 0] {
+            begin.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg.from = 2;
+        msg.to = 1;
+        let mut out = Vec::new();
+        frame::put_frame(&mut out, KIND_SNAP_END, &[0u8; 16]);
+        frame::put_frame_with(&mut out, KIND_RAFT, |b| msg.write_to_vec(b)).unwrap();
+        sender.write_all(&out).unwrap();
+
+        let stats = TransportStats::default();
+        let mut buf = Vec::new();
+        receive(&cfg, &host, &stats, &mut receiving, 2, &begin, &mut buf).unwrap();
+        assert_eq!(*host.delivered.lock().unwrap(), vec![(0, false)]);
+        let kind = frame::read_frame(&mut sender, 4096, &mut buf).unwrap();
+        assert_eq!((kind, buf.as_slice()), (KIND_SNAP_ACK, &[0u8][..]));
+    }
 }
