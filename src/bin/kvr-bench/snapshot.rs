@@ -107,13 +107,15 @@ struct Peak {
     anon: u64,
 }
 
-/// Snapshot bytes a replica has sent so far, from its stats.
-fn snapshot_bytes_sent(node: &mut Repl) -> Result<f64, String> {
+/// Snapshots and snapshot bytes a replica has sent so far, from its stats.
+fn snapshots_sent(node: &mut Repl) -> Result<(f64, f64), String> {
     let stats = crate::json::parse(&node.cmd("stats")?)?;
-    Ok(stats
+    let count = stats.num("snapshots_sent").unwrap_or(0.0);
+    let bytes = stats
         .get("transport")
         .and_then(|t| t.num("snapshot_bytes_sent"))
-        .unwrap_or(0.0))
+        .unwrap_or(0.0);
+    Ok((count, bytes))
 }
 
 /// Runs the snapshot benchmark with `gib` GiB of state; returns its report.
@@ -149,7 +151,7 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
 
     // The leader may have sent snapshots before (to a follower that fell behind the load):
     // only what it sends from here on is the transfer.
-    let sent_before = snapshot_bytes_sent(&mut nodes[leader])?;
+    let sent_before = snapshots_sent(&mut nodes[leader])?;
     let started = Instant::now();
     let reply = nodes[leader].cmd(&format!("add 4 {}", addrs[3]))?;
     if reply != "OK" {
@@ -159,7 +161,8 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let after = probe(&mut nodes[follower], "after")?;
-    let bytes = snapshot_bytes_sent(&mut nodes[leader])? - sent_before;
+    let sent_after = snapshots_sent(&mut nodes[leader])?;
+    let (count, bytes) = (sent_after.0 - sent_before.0, sent_after.1 - sent_before.1);
     let check = joiner.cmd(&format!("get big-{}", keys - 1))?;
     if check.len() != VALUE_BYTES as usize {
         return Err(format!(
@@ -173,6 +176,7 @@ pub fn run(kvr: &Path, dir: &Path, gib: f64) -> Result<Json, String> {
     Ok(obj([
         ("state_gib", Json::Num(gib)),
         ("keys", Json::Num(keys as f64)),
+        ("snapshots_sent", Json::Num(count)),
         ("snapshot_bytes", Json::Num(bytes)),
         ("transfer_s", Json::Num(secs)),
         ("mb_per_s", Json::Num(bytes / 1e6 / secs)),
