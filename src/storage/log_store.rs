@@ -27,8 +27,11 @@ pub const INIT_TERM: u64 = 5;
 
 /// Most bytes of recently appended entries kept decoded in memory.
 const CACHE_BYTES_MAX: usize = 64 << 20;
-/// Most entries kept decoded in memory.
-const CACHE_ENTRIES_MAX: usize = 200_000;
+/// Most entries kept decoded in memory. The cache's ring buffer is allocated for this many up
+/// front (104 bytes each, touched as it fills) and never grows: a ring grown on demand doubles
+/// the first time the count passes a power of two, which shows as a step in a long-running
+/// replica's memory minutes after start.
+const CACHE_ENTRIES_MAX: usize = 1 << 16;
 
 /// Persistent identity of a replica's log: which cluster and node it belongs to, and a random
 /// incarnation chosen when the log was created (a wiped replica comes back with a new one).
@@ -92,7 +95,7 @@ impl LogStore {
             truncated_term,
             last_index,
             index,
-            cache: EntryCache::default(),
+            cache: EntryCache::new(),
             snapshot_source: None,
         })
     }
@@ -468,13 +471,19 @@ impl raft::Storage for LogStore {
 }
 
 /// Recently appended entries, contiguous, ending at the last index.
-#[derive(Default)]
 struct EntryCache {
     entries: VecDeque<Entry>,
     bytes: usize,
 }
 
 impl EntryCache {
+    fn new() -> EntryCache {
+        EntryCache {
+            entries: VecDeque::with_capacity(CACHE_ENTRIES_MAX),
+            bytes: 0,
+        }
+    }
+
     fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|e| e.index)
     }
@@ -514,14 +523,16 @@ impl EntryCache {
                 self.clear();
             }
         }
-        self.bytes += entry_bytes(&e);
-        self.entries.push_back(e);
-        while self.bytes > CACHE_BYTES_MAX || self.entries.len() > CACHE_ENTRIES_MAX {
-            let Some(old) = self.entries.pop_front() else {
-                break;
-            };
+        // Room first, so that the ring never has to grow.
+        let bytes = entry_bytes(&e);
+        while !self.entries.is_empty()
+            && (self.bytes + bytes > CACHE_BYTES_MAX || self.entries.len() >= CACHE_ENTRIES_MAX)
+        {
+            let old = self.entries.pop_front().expect("checked non-empty");
             self.bytes -= entry_bytes(&old);
         }
+        self.bytes += bytes;
+        self.entries.push_back(e);
     }
 
     fn truncate_from(&mut self, index: u64) {
@@ -551,4 +562,46 @@ fn entry_bytes(e: &Entry) -> usize {
 fn store_err(e: impl Into<Error>) -> raft::Error {
     let e: Error = e.into();
     raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            data: vec![7u8; bytes].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_entry_cache_keeps_its_bounds_without_growing() {
+        let mut c = EntryCache::new();
+        let capacity = c.entries.capacity();
+        assert!(capacity >= CACHE_ENTRIES_MAX);
+        // Many small entries: bounded by count.
+        for i in 1..=(3 * CACHE_ENTRIES_MAX as u64) {
+            c.push(entry(i, 8));
+            assert!(c.entries.len() <= CACHE_ENTRIES_MAX);
+        }
+        assert_eq!(c.entries.len(), CACHE_ENTRIES_MAX);
+        assert_eq!(
+            c.entries.back().unwrap().index,
+            3 * CACHE_ENTRIES_MAX as u64
+        );
+        assert_eq!(c.first_index(), Some(2 * CACHE_ENTRIES_MAX as u64 + 1));
+        // Large entries: bounded by bytes, and still contiguous up to the last.
+        let start = 3 * CACHE_ENTRIES_MAX as u64 + 1;
+        for i in start..start + 200 {
+            c.push(entry(i, 1 << 20));
+            assert!(c.bytes <= CACHE_BYTES_MAX);
+        }
+        assert_eq!(c.entries.back().unwrap().index, start + 199);
+        assert_eq!(c.get(start + 199).unwrap().data.len(), 1 << 20);
+        assert!(c.get(start).is_none());
+        assert_eq!(c.entries.capacity(), capacity, "the ring grew");
+    }
 }
