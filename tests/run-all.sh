@@ -15,6 +15,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+# The fuzz targets build with cargo-fuzz, which needs a nightly toolchain.
+cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 cargo --version; rustc --version
 command -v go >/dev/null && go version
 command -v python3 >/dev/null && python3 --version

@@ -216,9 +216,7 @@ impl Applier {
         entries: Vec<Entry>,
         confs: Vec<(u64, ConfState)>,
     ) -> Result<()> {
-        let all_normal = entries
-            .iter()
-            .all(|e| e.get_entry_type() == EntryType::EntryNormal);
+        let normal = all_normal(&entries);
         let from = held.entries.len();
         held.bytes += entries.iter().map(|e| e.data.len()).sum::<usize>();
         held.entries.extend(entries);
@@ -235,14 +233,8 @@ impl Applier {
         match self.apply_entries(t, &held.entries[from..], &held.confs, &mut done) {
             Ok(skipped) => {
                 held.skipped += skipped;
-                if all_normal {
-                    if !done.is_empty() {
-                        // Decided, and durable in a majority's logs: see `try_apply`.
-                        self.shared
-                            .replied_index
-                            .fetch_max(t.applied(), Ordering::AcqRel);
-                        self.shared.waiters.complete_all(done);
-                    }
+                if normal {
+                    self.answer_early(t.applied(), done);
                 } else {
                     held.membership = true;
                     held.deferred.extend(done);
@@ -251,6 +243,19 @@ impl Applier {
             }
             Err(e) => self.recover(txn.take(), held, e),
         }
+    }
+
+    /// Answers callers whose entries are applied up to `applied` but not yet committed to the
+    /// state machine: the outcomes are decided and the entries durable in a majority's logs
+    /// (see `try_apply`). Local reads wait for the commit past `replied_index`.
+    fn answer_early(&self, applied: u64, done: Vec<(u64, Outcome)>) {
+        if done.is_empty() {
+            return;
+        }
+        self.shared
+            .replied_index
+            .fetch_max(applied, Ordering::AcqRel);
+        self.shared.waiters.complete_all(done);
     }
 
     /// True when the open txn, applied up to `applied`, is to be committed now.
@@ -283,8 +288,7 @@ impl Applier {
                 .entries_skipped
                 .fetch_add(held.skipped, Ordering::Relaxed);
         }
-        let deferred = std::mem::take(&mut held.deferred);
-        *held = Held::default();
+        let deferred = std::mem::take(held).deferred;
         self.published(applied, deferred);
         Ok(())
     }
@@ -311,10 +315,12 @@ impl Applier {
     /// applies every held entry again in fresh txns, with retries.
     fn recover(&mut self, txn: Option<ApplyTxn<'_>>, held: &mut Held, e: Error) -> Result<()> {
         drop(txn);
-        let entries = std::mem::take(&mut held.entries);
-        let confs = std::mem::take(&mut held.confs);
-        let deferred = std::mem::take(&mut held.deferred);
-        *held = Held::default();
+        let Held {
+            entries,
+            confs,
+            deferred,
+            ..
+        } = std::mem::take(held);
         if !matches!(e, Error::Io(_)) {
             return Err(e);
         }
@@ -368,15 +374,8 @@ impl Applier {
             // replay the same entries to the same outcomes. Reads on this replica wait for
             // the commit (`replied_index`), so they still see every answered write. Batches
             // changing membership reply after the commit, as member lists read it directly.
-            if !done.is_empty()
-                && entries
-                    .iter()
-                    .all(|e| e.get_entry_type() == EntryType::EntryNormal)
-            {
-                self.shared
-                    .replied_index
-                    .fetch_max(applied, Ordering::AcqRel);
-                self.shared.waiters.complete_all(done.drain(..));
+            if all_normal(entries) {
+                self.answer_early(applied, std::mem::take(done));
             }
             let started = Instant::now();
             txn.commit()?;
@@ -615,4 +614,11 @@ fn outcome_of(code: i32) -> Outcome {
         ))),
         other => Err(Error::Io(format!("request failed with code {other}"))),
     }
+}
+
+/// True when every entry is a normal one (no membership change).
+fn all_normal(entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .all(|e| e.get_entry_type() == EntryType::EntryNormal)
 }

@@ -40,14 +40,14 @@ pub fn disk_stat_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
     file.exists().then_some(file)
 }
 
-/// `(write requests, bytes written)` so far by the device whose statistics file is `stat`.
-pub fn disk_written(stat: &std::path::Path) -> Option<(u64, u64)> {
+/// Bytes written so far by the device whose statistics file is `stat`.
+pub fn disk_bytes_written(stat: &std::path::Path) -> Option<u64> {
     let text = fs::read_to_string(stat).ok()?;
     let f: Vec<u64> = text
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
-    Some((*f.get(4)?, f.get(6)? * 512))
+    Some(f.get(6)? * 512)
 }
 
 /// CPU ticks of every thread of one process at one moment.

@@ -39,9 +39,8 @@ pub struct Profile {
     pub entries_applied: f64,
     /// Microseconds the apply thread spent committing batches.
     pub apply_commit_us: f64,
-    /// Write requests and bytes the disk holding every replica's data completed (all three
-    /// replicas share it; `NaN` when the device is unknown).
-    pub disk_writes: f64,
+    /// Bytes written by the disk holding every replica's data (all three replicas share it;
+    /// `NaN` when the device is unknown).
     pub disk_bytes: f64,
     /// Writes the clients completed.
     pub client_writes: f64,
@@ -51,11 +50,10 @@ impl Profile {
     /// The counters now (`seconds` unset).
     fn sample(store: &Store, disk: Option<&Path>) -> Option<Profile> {
         let j = crate::json::parse(&store.stats_json()?).ok()?;
-        let (disk_writes, disk_bytes) = disk
-            .and_then(procfs::disk_written)
-            .map_or((f64::NAN, f64::NAN), |(w, b)| (w as f64, b as f64));
+        let disk_bytes = disk
+            .and_then(procfs::disk_bytes_written)
+            .map_or(f64::NAN, |b| b as f64);
         Some(Profile {
-            disk_writes,
             disk_bytes,
             client_writes: 0.0,
             seconds: 0.0,
@@ -75,7 +73,6 @@ impl Profile {
             apply_batches: self.apply_batches - before.apply_batches,
             entries_applied: self.entries_applied - before.entries_applied,
             apply_commit_us: self.apply_commit_us - before.apply_commit_us,
-            disk_writes: self.disk_writes - before.disk_writes,
             disk_bytes: self.disk_bytes - before.disk_bytes,
             client_writes: 0.0,
         }
