@@ -53,7 +53,13 @@ fn joiner_catches_up_by_snapshot_while_writes_continue_then_a_node_is_removed() 
     c.wait_applied(id, commit);
     // One snapshot, then the log: the leader keeps the entries after the snapshot it sends.
     let s = c.node(id).status();
-    assert_eq!(s["snapshots_installed"], "1", "{s:?}");
+    assert_eq!(
+        s["snapshots_installed"],
+        "1",
+        "{s:?}\nleader log:\n{}\njoiner log:\n{}",
+        c.node(leader).tail_log(),
+        c.node(id).tail_log()
+    );
     assert_eq!(c.node(id).get("k-0"), format!("v0{}", ".".repeat(22)));
     assert_eq!(c.node(id).get("k-99999").len(), 24);
     assert_eq!(c.node(id).get("live-2999").len(), 24);

@@ -190,6 +190,7 @@ impl Replica {
             tick: Duration::from_millis(cfg.tick_ms),
             election_timeout: Duration::from_millis(cfg.election_timeout_ms()),
             compaction_margin: cfg.compaction_margin,
+            compaction_hold_max: cfg.snapshot_entries.max(cfg.compaction_margin),
         };
         let raft_loop = RaftLoop::new(shared.clone(), raw, inbox_rx, apply_tx, transport, timing);
         threads.raft = Some(spawn(

@@ -50,6 +50,8 @@ pub struct Timing {
     pub election_timeout: Duration,
     /// Entries kept in the log below the last snapshot point.
     pub compaction_margin: u64,
+    /// Most entries a live follower still catching up may hold compaction back by.
+    pub compaction_hold_max: u64,
 }
 
 /// The raft thread's state.
@@ -67,6 +69,11 @@ pub struct RaftLoop {
     applied_seen: u64,
     staged: HashMap<(u64, u64), Staged>,
     compaction_margin: u64,
+    compaction_hold_max: u64,
+    /// When a message from each peer last arrived: a peer heard within two election timeouts
+    /// counts as live for compaction (raft's own `recent_active` is cleared at every quorum
+    /// check and so flickers off for healthy peers).
+    heard: HashMap<u64, Instant>,
     /// Reads that may be answered from the leader's lease.
     pending_lease_reads: Vec<ReadWaiter>,
     /// Proposals that arrived in this iteration, proposed together.
@@ -105,6 +112,8 @@ impl RaftLoop {
             applied_seen,
             staged: HashMap::new(),
             compaction_margin: timing.compaction_margin,
+            compaction_hold_max: timing.compaction_hold_max,
+            heard: HashMap::new(),
             pending_lease_reads: Vec::new(),
             pending_proposals: Vec::new(),
             lease_until: None,
@@ -186,12 +195,16 @@ impl RaftLoop {
                 self.pending_lease_reads.push(reply);
             }
             RaftMsg::Step(msg) => {
+                self.heard.insert(msg.from, Instant::now());
                 if let Err(e) = self.raw.step(msg) {
                     log::debug!("node {}: step: {e}", self.shared.node_id);
                 }
             }
             RaftMsg::Snapshot { msg, staged } => self.step_snapshot(msg, staged),
             RaftMsg::SnapshotStatus { to, ok } => {
+                if ok {
+                    self.heard.insert(to, Instant::now());
+                }
                 let status = if ok {
                     SnapshotStatus::Finish
                 } else {

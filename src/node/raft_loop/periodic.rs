@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use raft::{ProgressState, StateRole};
+use raft::{Progress, ProgressState, StateRole};
 
 use super::RaftLoop;
 use crate::command::{Command, Op};
@@ -31,7 +31,7 @@ pub struct Periodic {
 impl RaftLoop {
     /// Runs the periodic work; an error is fatal (a failed log write).
     pub(super) fn on_tick(&mut self, now: Instant) -> Result<()> {
-        self.maybe_compact()?;
+        self.maybe_compact(now)?;
         self.renew_lease(now);
         if self.raw.raft.state == StateRole::Leader {
             self.propose_expiry(now);
@@ -42,40 +42,31 @@ impl RaftLoop {
 
     /// Drops log entries below the last durable snapshot point, keeping a margin for
     /// followers that are a little behind, the entries a follower receiving a snapshot will
-    /// need once it has installed it, and those a live follower being probed still needs
-    /// (including one that has just been sent a snapshot and not yet answered).
-    fn maybe_compact(&mut self) -> Result<()> {
+    /// need once it has installed it, and those a live follower still catching up needs.
+    fn maybe_compact(&mut self, now: Instant) -> Result<()> {
         let snap = self.shared.snapshot_index.load(Ordering::Acquire);
         let mut target = snap
             .saturating_sub(self.compaction_margin)
             .min(self.raw.raft.raft_log.applied);
         if self.raw.raft.state == StateRole::Leader {
-            // Without this, writes that go on during a long transfer get the log compacted
-            // past the snapshot being sent (or, once it is installed, past the point the
-            // follower resumes from), and the follower needs another one, and so on. A
-            // follower that needs entries already gone holds nothing back (it needs a
-            // snapshot anyway), nor does one silent for an election timeout (check-quorum
-            // clears `recent_active`), so a dead or hopeless peer never stops compaction.
+            let alive = self.read_expiry * 2;
             let truncated = self.raw.store().truncated_index();
-            let needed = self
-                .raw
-                .raft
-                .prs()
-                .iter()
-                .filter_map(|(_, p)| match p.state {
-                    ProgressState::Snapshot => Some(p.pending_snapshot),
-                    // Right after a snapshot was sent, raft probes from the snapshot's
-                    // index while `matched` is still the old one: keep what it will ask for.
-                    ProgressState::Probe if p.recent_active => {
-                        [p.matched, p.next_idx.saturating_sub(1)]
-                            .into_iter()
-                            .find(|&i| i >= truncated)
-                    }
-                    _ => None,
-                })
-                .min();
-            if let Some(needed) = needed {
-                target = target.min(needed);
+            let me = self.raw.raft.id;
+            let peers = self.raw.raft.prs().iter().filter(|(id, _)| **id != me);
+            let hold = compaction_hold(
+                peers.map(|(id, p)| {
+                    let live = self
+                        .heard
+                        .get(id)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < alive);
+                    (p, live)
+                }),
+                target,
+                truncated,
+                self.compaction_hold_max,
+            );
+            if let Some(hold) = hold {
+                target = target.min(hold);
             }
         }
         let store = self.raw.mut_store();
@@ -183,5 +174,128 @@ impl RaftLoop {
             progress.sort_by_key(|p| p.id);
         }
         *s.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+    }
+}
+
+/// The highest index a leader may compact its log through without taking from a follower
+/// what it is about to ask for, or `None` when no follower holds compaction back.
+///
+/// Without this, writes that go on while a snapshot is in transfer get the log compacted past
+/// the snapshot (or, once it is installed, past the point the follower resumes from), and the
+/// follower needs another one, and so on. A follower being sent a snapshot holds the log at
+/// the snapshot's index. A live follower (`live`: heard from lately) holds it at the last
+/// index it has, unless that is already gone (it needs a snapshot anyway) or more than
+/// `hold_max` entries below `target` (a follower that slow gets a snapshot rather than an
+/// ever longer log). A silent one holds nothing back.
+fn compaction_hold<'a>(
+    peers: impl Iterator<Item = (&'a Progress, bool)>,
+    target: u64,
+    truncated: u64,
+    hold_max: u64,
+) -> Option<u64> {
+    let floor = target.saturating_sub(hold_max).max(truncated);
+    peers
+        .filter_map(|(p, live)| match p.state {
+            ProgressState::Snapshot => Some(p.pending_snapshot),
+            // Right after a snapshot was sent, raft probes from the snapshot's index while
+            // `matched` is still the old one: keep what it will ask for.
+            ProgressState::Probe if live => [p.matched, p.next_idx.saturating_sub(1)]
+                .into_iter()
+                .find(|&i| i >= floor),
+            ProgressState::Replicate if live => Some(p.matched).filter(|&i| i >= floor),
+            _ => None,
+        })
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(state: ProgressState, matched: u64, next_idx: u64) -> Progress {
+        let mut p = Progress::new(next_idx, 256);
+        match state {
+            ProgressState::Probe => p.become_probe(),
+            ProgressState::Replicate => p.become_replicate(),
+            ProgressState::Snapshot => p.become_snapshot(next_idx - 1),
+        }
+        p.matched = matched;
+        p.next_idx = next_idx;
+        assert_eq!(p.state, state);
+        p
+    }
+
+    #[test]
+    fn a_follower_receiving_a_snapshot_holds_the_log_at_its_index_live_or_not() {
+        let p = progress(ProgressState::Snapshot, 0, 901);
+        for live in [true, false] {
+            assert_eq!(
+                compaction_hold([(&p, live)].into_iter(), 2000, 500, 100),
+                Some(900)
+            );
+        }
+    }
+
+    #[test]
+    fn a_live_follower_probed_after_a_snapshot_keeps_what_it_will_ask_for() {
+        // Raft probes from the snapshot's index (next 901) while `matched` is still 0. Raft's
+        // own `recent_active` may be off here (it is cleared at each quorum check); what
+        // counts is that the follower was heard from lately.
+        let mut p = progress(ProgressState::Probe, 0, 901);
+        p.recent_active = false;
+        assert_eq!(
+            compaction_hold([(&p, true)].into_iter(), 2000, 500, 5000),
+            Some(900)
+        );
+        // Silent for two election timeouts: it holds nothing back.
+        assert_eq!(
+            compaction_hold([(&p, false)].into_iter(), 2000, 500, 5000),
+            None
+        );
+    }
+
+    #[test]
+    fn a_live_follower_catching_up_after_a_snapshot_keeps_its_entries() {
+        let p = progress(ProgressState::Replicate, 900, 1200);
+        assert_eq!(
+            compaction_hold([(&p, true)].into_iter(), 2000, 500, 5000),
+            Some(900)
+        );
+        assert_eq!(
+            compaction_hold([(&p, false)].into_iter(), 2000, 500, 5000),
+            None
+        );
+    }
+
+    #[test]
+    fn a_follower_too_far_behind_or_past_the_log_start_holds_nothing() {
+        // More than `hold_max` behind the target: it gets a snapshot instead.
+        let p = progress(ProgressState::Replicate, 900, 1200);
+        assert_eq!(
+            compaction_hold([(&p, true)].into_iter(), 2000, 500, 1000),
+            None
+        );
+        // Needs entries already gone.
+        assert_eq!(
+            compaction_hold([(&p, true)].into_iter(), 2000, 950, 5000),
+            None
+        );
+        let q = progress(ProgressState::Probe, 0, 400);
+        assert_eq!(
+            compaction_hold([(&q, true)].into_iter(), 2000, 500, 5000),
+            None
+        );
+    }
+
+    #[test]
+    fn the_slowest_follower_that_counts_sets_the_hold() {
+        let a = progress(ProgressState::Replicate, 1500, 1501);
+        let b = progress(ProgressState::Snapshot, 0, 1201);
+        let c = progress(ProgressState::Replicate, 600, 601);
+        let peers = [(&a, true), (&b, false), (&c, false)];
+        assert_eq!(
+            compaction_hold(peers.into_iter(), 2000, 500, 5000),
+            Some(1200)
+        );
     }
 }
