@@ -8,6 +8,7 @@
 //! replica wins anyway (a stalled machine), the run goes on against it and reports the leader.
 
 use std::fs::{self, File};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -33,6 +34,8 @@ const START_ATTEMPTS: usize = 3;
 const CHILD_EXIT_WAIT: Duration = Duration::from_secs(15);
 /// How often the leader wait polls.
 const LEADER_POLL: Duration = Duration::from_millis(50);
+/// How long a child may take to answer `status`.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
 
 /// A running cluster. Dropping it kills the children.
 pub struct Cluster {
@@ -158,6 +161,53 @@ impl Cluster {
         let mut pids = vec![std::process::id()];
         pids.extend(self.children.iter().map(|r| r.proc.id()));
         pids
+    }
+
+    /// A figure of replica `id`'s status (`snapshots_taken`, `applied`, ...): replica 1's from
+    /// the API, a child's by asking its REPL for `status` and reading the reply from its log.
+    pub fn status_u64(&mut self, id: u64, key: &str) -> Result<u64, String> {
+        if id == 1 {
+            let stats = self.store().stats_json().ok_or("replica 1 has no stats")?;
+            let j = crate::json::parse(&stats).map_err(|e| format!("replica 1 stats: {e}"))?;
+            let v = j
+                .num(key)
+                .ok_or_else(|| format!("replica 1 stats lack {key}"))?;
+            return Ok(v as u64);
+        }
+        let r = self
+            .children
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or_else(|| format!("no replica {id}"))?;
+        let seen = fs::metadata(&r.log).map(|m| m.len()).unwrap_or(0);
+        let stdin = r.stdin.as_mut().ok_or("the replica's stdin is closed")?;
+        stdin
+            .write_all(b"status\n")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("asking replica {id} for its status: {e}"))?;
+        let deadline = Instant::now() + STATUS_WAIT;
+        let needle = format!(" {key}=");
+        loop {
+            let text = fs::read(&r.log).unwrap_or_default();
+            let fresh = String::from_utf8_lossy(text.get(seen as usize..).unwrap_or_default());
+            let reply = fresh
+                .lines()
+                .find(|l| l.starts_with(&format!("node={id} ")) && l.contains(&needle));
+            if let Some(line) = reply {
+                let value = line
+                    .split(' ')
+                    .find_map(|kv| kv.strip_prefix(&needle[1..]))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("replica {id} status: bad {key} in {line:?}"))?;
+                return Ok(value);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replica {id} did not answer status within {STATUS_WAIT:?}"
+                ));
+            }
+            thread::sleep(LEADER_POLL);
+        }
     }
 
     /// Resident memory of replicas 1, 2, 3 (zeros for a process that is gone).

@@ -17,10 +17,10 @@ const SAMPLE_EVERY_MAX: Duration = Duration::from_secs(5);
 /// Share of the soak spent warming up before the first sample (caches, LMDB map pages and
 /// allocator arenas fill during the first minutes; flatness is judged after).
 const WARMUP_SHARE: f64 = 0.1;
-/// The warm-up also lasts until replica 1 passed this many snapshot points: its log was
+/// The warm-up also lasts until every replica passed this many snapshot points: its log was
 /// compacted, so the log's entry cache has filled and been trimmed (the memory it holds in
 /// steady state, at most 64 MiB), ...
-const WARMUP_SNAPSHOTS: f64 = 2.0;
+const WARMUP_SNAPSHOTS: u64 = 2;
 /// ... but no longer than this.
 const WARMUP_MAX: Duration = Duration::from_secs(600);
 /// Length of each warm-up round between two looks at replica 1's snapshot count.
@@ -82,8 +82,10 @@ pub fn run(plan: &Plan<'_>, seconds: f64, dir: &Path) -> Result<Soak, String> {
         .warmup
         .max(Duration::from_secs_f64(seconds * WARMUP_SHARE));
     let mut cluster = Cluster::start(Api::Rust, dir, plan.kvr_bin)?;
-    eprintln!("kvr-bench: soak: warming up for {warmup:?} and {WARMUP_SNAPSHOTS} snapshot points");
-    let warmup = settle(&cluster, plan, warmup)?;
+    eprintln!(
+        "kvr-bench: soak: warming up for {warmup:?} and {WARMUP_SNAPSHOTS} snapshot points on every replica"
+    );
+    let warmup = settle(&mut cluster, plan, warmup)?;
     let win = Window {
         warmup: Duration::ZERO,
         duration: Duration::from_secs_f64(seconds),
@@ -118,9 +120,9 @@ pub fn run(plan: &Plan<'_>, seconds: f64, dir: &Path) -> Result<Soak, String> {
     })
 }
 
-/// Writes until `at_least` passed and replica 1 took `WARMUP_SNAPSHOTS` snapshot points (or
-/// `WARMUP_MAX` passed); returns how long that took.
-fn settle(cluster: &Cluster, plan: &Plan<'_>, at_least: Duration) -> Result<Duration, String> {
+/// Writes until `at_least` passed and every replica took `WARMUP_SNAPSHOTS` snapshot points
+/// (or `WARMUP_MAX` passed); returns how long that took.
+fn settle(cluster: &mut Cluster, plan: &Plan<'_>, at_least: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     let round = Window {
         warmup: Duration::ZERO,
@@ -135,14 +137,15 @@ fn settle(cluster: &Cluster, plan: &Plan<'_>, at_least: Duration) -> Result<Dura
             round,
             &mut Unwatched,
         )?;
-        let snapshots = cluster
-            .store()
-            .stats_json()
-            .and_then(|s| crate::json::parse(&s).ok())
-            .and_then(|j| j.num("snapshots_taken"))
-            .unwrap_or(WARMUP_SNAPSHOTS);
+        let mut fewest = u64::MAX;
+        for id in 1..=crate::cluster::REPLICAS {
+            fewest = fewest.min(cluster.status_u64(id, "snapshots_taken")?);
+        }
         let waited = started.elapsed();
-        if (waited >= at_least && snapshots >= WARMUP_SNAPSHOTS) || waited >= WARMUP_MAX {
+        if (waited >= at_least && fewest >= WARMUP_SNAPSHOTS) || waited >= WARMUP_MAX {
+            eprintln!(
+                "kvr-bench: soak: warm-up done after {waited:?}, fewest snapshot points {fewest}"
+            );
             return Ok(waited);
         }
     }
