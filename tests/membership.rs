@@ -40,6 +40,7 @@ fn joiner_catches_up_by_snapshot_while_writes_continue_then_a_node_is_removed() 
     let first: u64 = s["first"].parse().unwrap();
     assert!(first > 6 + 50, "log compacted past its start: {s:?}");
 
+    let term_before = c.node(leader).status_u64("term");
     let (id, addr) = c.spawn_joiner(&opts());
     let writer = (1..=3).find(|&i| i != leader).unwrap();
     c.node(writer).send("fill live 3000 24 8");
@@ -52,10 +53,15 @@ fn joiner_catches_up_by_snapshot_while_writes_continue_then_a_node_is_removed() 
     let commit = c.node(leader).status_u64("commit");
     c.wait_applied(id, commit);
     // One snapshot, then the log: the leader keeps the entries after the snapshot it sends.
+    // (A new leader, on a stalled machine, knows nothing of the transfer and may send its own.)
     let s = c.node(id).status();
-    assert_eq!(
-        s["snapshots_installed"],
-        "1",
+    let allowed: &[&str] = if s["term"].parse::<u64>().unwrap() == term_before {
+        &["1"]
+    } else {
+        &["1", "2"]
+    };
+    assert!(
+        allowed.contains(&s["snapshots_installed"].as_str()),
         "{s:?}\nleader log:\n{}\njoiner log:\n{}",
         c.node(leader).tail_log(),
         c.node(id).tail_log()
