@@ -8,7 +8,7 @@
 //! replica wins anyway (a stalled machine), the run goes on against it and reports the leader.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -179,27 +179,31 @@ impl Cluster {
             .iter_mut()
             .find(|r| r.id == id)
             .ok_or_else(|| format!("no replica {id}"))?;
-        let seen = fs::metadata(&r.log).map(|m| m.len()).unwrap_or(0);
+        let mut log = File::open(&r.log).map_err(|e| format!("open {}: {e}", r.log.display()))?;
+        log.seek(SeekFrom::End(0))
+            .map_err(|e| format!("seek {}: {e}", r.log.display()))?;
         let stdin = r.stdin.as_mut().ok_or("the replica's stdin is closed")?;
         stdin
             .write_all(b"status\n")
             .and_then(|()| stdin.flush())
             .map_err(|e| format!("asking replica {id} for its status: {e}"))?;
         let deadline = Instant::now() + STATUS_WAIT;
-        let needle = format!(" {key}=");
+        let (line_start, field) = (format!("node={id} "), format!("{key}="));
+        let mut fresh = Vec::new();
         loop {
-            let text = fs::read(&r.log).unwrap_or_default();
-            let fresh = String::from_utf8_lossy(text.get(seen as usize..).unwrap_or_default());
-            let reply = fresh
+            // Only what the replica wrote since the question: its reply and log lines.
+            let _ = log.read_to_end(&mut fresh);
+            // Whole lines only: a line still being written could show a cut-off value.
+            let whole = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let text = String::from_utf8_lossy(&fresh[..whole]);
+            let reply = text
                 .lines()
-                .find(|l| l.starts_with(&format!("node={id} ")) && l.contains(&needle));
-            if let Some(line) = reply {
-                let value = line
-                    .split(' ')
-                    .find_map(|kv| kv.strip_prefix(&needle[1..]))
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| format!("replica {id} status: bad {key} in {line:?}"))?;
-                return Ok(value);
+                .filter(|l| l.starts_with(&line_start))
+                .find_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix(field.as_str())));
+            if let Some(value) = reply {
+                return value
+                    .parse()
+                    .map_err(|e| format!("replica {id} status: bad {key} {value:?}: {e}"));
             }
             if Instant::now() >= deadline {
                 return Err(format!(

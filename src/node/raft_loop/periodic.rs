@@ -225,14 +225,17 @@ mod tests {
         p
     }
 
+    /// The hold one follower puts on compacting through 2000, given the log starts at
+    /// `truncated`.
+    fn hold_by(p: &Progress, live: bool, truncated: u64, hold_max: u64) -> Option<u64> {
+        compaction_hold([(p, live)].into_iter(), 2000, truncated, hold_max)
+    }
+
     #[test]
     fn a_follower_receiving_a_snapshot_holds_the_log_at_its_index_live_or_not() {
         let p = progress(ProgressState::Snapshot, 0, 901);
         for live in [true, false] {
-            assert_eq!(
-                compaction_hold([(&p, live)].into_iter(), 2000, 500, 100),
-                Some(900)
-            );
+            assert_eq!(hold_by(&p, live, 500, 100), Some(900));
         }
     }
 
@@ -243,48 +246,27 @@ mod tests {
         // counts is that the follower was heard from lately.
         let mut p = progress(ProgressState::Probe, 0, 901);
         p.recent_active = false;
-        assert_eq!(
-            compaction_hold([(&p, true)].into_iter(), 2000, 500, 5000),
-            Some(900)
-        );
+        assert_eq!(hold_by(&p, true, 500, 5000), Some(900));
         // Silent for two election timeouts: it holds nothing back.
-        assert_eq!(
-            compaction_hold([(&p, false)].into_iter(), 2000, 500, 5000),
-            None
-        );
+        assert_eq!(hold_by(&p, false, 500, 5000), None);
     }
 
     #[test]
     fn a_live_follower_catching_up_after_a_snapshot_keeps_its_entries() {
         let p = progress(ProgressState::Replicate, 900, 1200);
-        assert_eq!(
-            compaction_hold([(&p, true)].into_iter(), 2000, 500, 5000),
-            Some(900)
-        );
-        assert_eq!(
-            compaction_hold([(&p, false)].into_iter(), 2000, 500, 5000),
-            None
-        );
+        assert_eq!(hold_by(&p, true, 500, 5000), Some(900));
+        assert_eq!(hold_by(&p, false, 500, 5000), None);
     }
 
     #[test]
     fn a_follower_too_far_behind_or_past_the_log_start_holds_nothing() {
         // More than `hold_max` behind the target: it gets a snapshot instead.
         let p = progress(ProgressState::Replicate, 900, 1200);
-        assert_eq!(
-            compaction_hold([(&p, true)].into_iter(), 2000, 500, 1000),
-            None
-        );
+        assert_eq!(hold_by(&p, true, 500, 1000), None);
         // Needs entries already gone.
-        assert_eq!(
-            compaction_hold([(&p, true)].into_iter(), 2000, 950, 5000),
-            None
-        );
+        assert_eq!(hold_by(&p, true, 950, 5000), None);
         let q = progress(ProgressState::Probe, 0, 400);
-        assert_eq!(
-            compaction_hold([(&q, true)].into_iter(), 2000, 500, 5000),
-            None
-        );
+        assert_eq!(hold_by(&q, true, 500, 5000), None);
     }
 
     #[test]
