@@ -21,7 +21,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Implements [`Host`] for one replica.
 pub struct NodeHost {
     shared: Arc<Shared>,
-    inbox: flume::Sender<RaftMsg>,
+    inbox: crossbeam::channel::Sender<RaftMsg>,
     registry: Arc<Registry>,
     dir: PathBuf,
     map_size_mb: u64,
@@ -34,7 +34,7 @@ impl NodeHost {
     /// The host of the replica configured by `cfg`.
     pub fn new(
         shared: Arc<Shared>,
-        inbox: flume::Sender<RaftMsg>,
+        inbox: crossbeam::channel::Sender<RaftMsg>,
         registry: Arc<Registry>,
         cfg: &crate::config::Config,
     ) -> Result<NodeHost> {
