@@ -343,7 +343,8 @@ struct kvr_options *kvr_options_new(void);
  * Sets option `key` to `value` (both NUL-terminated UTF-8). Keys: `node_id`, `dir`, `listen`,
  * `peers` (`1=host:port,2=host:port,...` including this node), `cluster_id`,
  * `request_timeout_ms`, `tick_ms`, `election_ticks`, `heartbeat_ticks`, `map_size_mb`, `join`,
- * `snapshot_entries`, `compaction_margin`, `watch_retain_entries`, `restore_from`,
+ * `snapshot_entries`, `compaction_margin`, `watch_retain_entries`, `watch_retain_bytes`,
+ * `restore_from`,
  * `cluster_secret` (at least 16 bytes; every replica of the cluster must have the same one).
  * Returns `KVR_OK`, or `KVR_INVALID_ARG` for NULL arguments, unknown keys and bad values
  * (the reason is in `kvr_options_errmsg`).
@@ -585,7 +586,8 @@ void kvr_iter_free(struct kvr_iter *it);
  * Opens a cursor on the change feed of keys starting with `prefix` (all keys when
  * `prefix_len` is 0). `from_index` 0 starts with the next change; otherwise the changes of
  * entries at or after `from_index` come first. Codes: `KVR_OK`, `KVR_COMPACTED` (those changes
- * left the retained window, option `watch_retain_entries`), `KVR_INVALID_ARG`, `KVR_CLOSED`.
+ * left the retained window, options `watch_retain_entries` and `watch_retain_bytes`),
+ * `KVR_INVALID_ARG`, `KVR_CLOSED`.
  */
 int kvr_watch(struct kvr *db,
               const uint8_t *prefix,

@@ -56,6 +56,9 @@ pub struct Config {
     /// Each kept change stores its key and new value a second time, in the state machine and
     /// in its snapshots.
     pub watch_retain_entries: u64,
+    /// Bytes (keys and values) the watch feed holds at most, 0 for no bound
+    /// (`watch_retain_bytes`): past it, the oldest entries' changes leave the window early.
+    pub watch_retain_bytes: u64,
     /// A backup file (from `kvr_backup`) to seed a new replica's state from (`restore_from`).
     pub restore_from: Option<PathBuf>,
     /// Secret every replica of the cluster shares; peers prove they know it in the handshake
@@ -80,6 +83,7 @@ impl Default for Config {
             snapshot_entries: 50_000,
             compaction_margin: 5_000,
             watch_retain_entries: 10_000,
+            watch_retain_bytes: 64 << 20,
             restore_from: None,
             cluster_secret: None,
         }
@@ -102,6 +106,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "snapshot_entries",
     "compaction_margin",
     "watch_retain_entries",
+    "watch_retain_bytes",
     "restore_from",
     "cluster_secret",
 ];
@@ -144,6 +149,9 @@ impl Config {
             "compaction_margin" => self.compaction_margin = parse_u64(key, value, 0, u64::MAX / 4)?,
             "watch_retain_entries" => {
                 self.watch_retain_entries = parse_u64(key, value, 0, u64::MAX / 4)?
+            }
+            "watch_retain_bytes" => {
+                self.watch_retain_bytes = parse_u64(key, value, 0, u64::MAX / 4)?
             }
             "cluster_secret" => {
                 if value.len() < CLUSTER_SECRET_BYTES_MIN {

@@ -198,6 +198,22 @@ fn watch_reports_compacted_history() {
 }
 
 #[test]
+fn watch_window_is_also_bounded_in_bytes() {
+    // The entry window alone (10 000) would keep every change below; 4 KiB holds ~40 of them.
+    let mut c = cluster(&hosts()[0].1, &[("watch_retain_bytes", "4096")]);
+    let leader = c.wait_leader();
+    assert_eq!(c.node(leader).cmd("fill b 300 64 1"), "OK 300");
+    let reply = c.node(leader).cmd("watch - 1 1 10");
+    assert!(reply.starts_with("ERR -11"), "{reply}");
+    let applied = c.node(leader).status_u64("applied");
+    let recent = c
+        .node(leader)
+        .cmd(&format!("watch - {} 1 1000", applied - 5));
+    assert!(recent.starts_with('['), "{recent}");
+    assert!(!json_strings(&recent, "key").is_empty(), "{recent}");
+}
+
+#[test]
 fn batch_is_all_or_nothing_across_leader_crashes() {
     let mut c = cluster(&hosts()[0].1, &[]);
     for round in 0..6 {

@@ -296,7 +296,7 @@ fn the_change_feed_records_every_change_in_order_and_prunes_its_window() {
         "deleting an absent key is not a change"
     );
     let mut txn = sm.begin().unwrap();
-    txn.prune_changes(3).unwrap();
+    txn.prune_changes(3, 0).unwrap();
     txn.commit().unwrap();
     assert_eq!(
         sm.changes_after((0, u32::MAX), b"", 10).err(),
@@ -309,6 +309,81 @@ fn the_change_feed_records_every_change_in_order_and_prunes_its_window() {
             .len(),
         1
     );
+}
+
+/// Puts `n` values of `len` bytes as entry `index` (one session sequence per entry).
+fn put_entry(sm: &StateMachine, index: u64, n: usize, len: usize) {
+    let mut txn = sm.begin().unwrap();
+    txn.begin_entry(index, true);
+    for i in 0..n {
+        let key = format!("k{index:03}/{i}");
+        txn.put(key.as_bytes(), &vec![b'v'; len], TtlChange::Keep)
+            .unwrap();
+    }
+    txn.set_applied(index, 1);
+    txn.commit().unwrap();
+}
+
+#[test]
+fn the_change_feed_drops_whole_oldest_entries_past_its_byte_bound() {
+    let (_d, sm) = sm();
+    for index in 1..=10 {
+        put_entry(&sm, index, 1, 1000);
+    }
+    put_entry(&sm, 11, 2, 1000);
+    let mut txn = sm.begin().unwrap();
+    let total = txn.changes_bytes().unwrap();
+    let per_change = total / 12;
+    assert_eq!(total % 12, 0, "twelve changes of the same size");
+    assert!(
+        (1000..1100).contains(&per_change),
+        "one change of a 1000-byte value counts {per_change} bytes"
+    );
+    // Room for four changes: entry 11 (two), 10 and 9; entry 8 and older go.
+    txn.prune_changes(0, per_change * 4 + per_change / 2)
+        .unwrap();
+    assert_eq!(txn.changes_bytes().unwrap(), per_change * 4);
+    txn.commit().unwrap();
+    assert_eq!(
+        sm.changes_after((7, u32::MAX), b"", 100).err(),
+        Some(Error::Compacted)
+    );
+    let kept = sm.changes_after((8, u32::MAX), b"", 100).unwrap();
+    let indexes: Vec<u64> = kept.changes.iter().map(|c| c.index).collect();
+    assert_eq!(indexes, vec![9, 10, 11, 11]);
+
+    // A bound that falls inside entry 11 drops all of it, never half an entry.
+    let mut txn = sm.begin().unwrap();
+    assert_eq!(
+        txn.changes_bytes().unwrap(),
+        per_change * 4,
+        "the count is kept across txns"
+    );
+    txn.prune_changes(0, per_change + per_change / 2).unwrap();
+    txn.commit().unwrap();
+    assert!(sm
+        .changes_after((11, u32::MAX), b"", 100)
+        .unwrap()
+        .changes
+        .is_empty());
+    assert_eq!(
+        sm.changes_after((10, u32::MAX), b"", 100).err(),
+        Some(Error::Compacted),
+        "entry 11 went whole, so the window starts after it"
+    );
+
+    // An entry floor below the byte floor does not move the window back.
+    let mut txn = sm.begin().unwrap();
+    txn.prune_changes(3, 0).unwrap();
+    txn.commit().unwrap();
+    assert_eq!(
+        sm.changes_after((10, u32::MAX), b"", 100).err(),
+        Some(Error::Compacted)
+    );
+    put_entry(&sm, 12, 1, 10);
+    let fresh = sm.changes_after((11, u32::MAX), b"", 100).unwrap();
+    assert_eq!(fresh.changes.len(), 1);
+    assert_eq!(fresh.changes[0].index, 12);
 }
 
 #[test]

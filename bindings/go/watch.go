@@ -59,7 +59,7 @@ type Watcher struct {
 // OpenWatcher opens a cursor on the change feed of the keys that start with prefix (all keys
 // when empty). fromIndex 0 starts with the next change; otherwise the changes of entries at or
 // after fromIndex come first, also after a restart. Errors: ErrCompacted when those changes
-// left the retained window (option watch_retain_entries), ErrClosed.
+// left the retained window (options watch_retain_entries and watch_retain_bytes), ErrClosed.
 func (r *Replica) OpenWatcher(prefix []byte, fromIndex uint64) (*Watcher, error) {
 	var w *C.kvr_watcher
 	err := r.call(func(db *C.kvr) C.int {

@@ -321,7 +321,8 @@ pub unsafe extern "C" fn kvr_iter_free(it: *mut kvr_iter) {
 /// Opens a cursor on the change feed of keys starting with `prefix` (all keys when
 /// `prefix_len` is 0). `from_index` 0 starts with the next change; otherwise the changes of
 /// entries at or after `from_index` come first. Codes: `KVR_OK`, `KVR_COMPACTED` (those changes
-/// left the retained window, option `watch_retain_entries`), `KVR_INVALID_ARG`, `KVR_CLOSED`.
+/// left the retained window, options `watch_retain_entries` and `watch_retain_bytes`),
+/// `KVR_INVALID_ARG`, `KVR_CLOSED`.
 #[no_mangle]
 pub unsafe extern "C" fn kvr_watch(
     db: *mut kvr,

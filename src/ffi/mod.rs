@@ -309,7 +309,8 @@ pub extern "C" fn kvr_options_new() -> *mut kvr_options {
 /// Sets option `key` to `value` (both NUL-terminated UTF-8). Keys: `node_id`, `dir`, `listen`,
 /// `peers` (`1=host:port,2=host:port,...` including this node), `cluster_id`,
 /// `request_timeout_ms`, `tick_ms`, `election_ticks`, `heartbeat_ticks`, `map_size_mb`, `join`,
-/// `snapshot_entries`, `compaction_margin`, `watch_retain_entries`, `restore_from`,
+/// `snapshot_entries`, `compaction_margin`, `watch_retain_entries`, `watch_retain_bytes`,
+/// `restore_from`,
 /// `cluster_secret` (at least 16 bytes; every replica of the cluster must have the same one).
 /// Returns `KVR_OK`, or `KVR_INVALID_ARG` for NULL arguments, unknown keys and bad values
 /// (the reason is in `kvr_options_errmsg`).

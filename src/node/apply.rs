@@ -81,6 +81,7 @@ pub struct Applier {
     map_size_mb: u64,
     snapshot_entries: u64,
     watch_retain: u64,
+    watch_retain_bytes: u64,
     last_snapshot: u64,
 }
 
@@ -94,6 +95,8 @@ pub struct ApplySettings {
     pub snapshot_entries: u64,
     /// Entries whose changes the watch feed keeps (0: no feed).
     pub watch_retain: u64,
+    /// Bytes the watch feed holds at most (0: no bound).
+    pub watch_retain_bytes: u64,
 }
 
 impl Applier {
@@ -114,6 +117,7 @@ impl Applier {
             map_size_mb: settings.map_size_mb,
             snapshot_entries: settings.snapshot_entries,
             watch_retain: settings.watch_retain,
+            watch_retain_bytes: settings.watch_retain_bytes,
             last_snapshot: applied,
         }
     }
@@ -429,9 +433,12 @@ impl Applier {
             if before / SESSION_SWEEP_ENTRIES != e.index / SESSION_SWEEP_ENTRIES {
                 txn.expire_sessions(e.index)?;
             }
-            if self.watch_retain > 0 && before / self.prune_every() != e.index / self.prune_every()
+            if self.watch_retain > 0
+                && (before / self.prune_every() != e.index / self.prune_every()
+                    || self.feed_over_budget(txn)?)
             {
-                txn.prune_changes(e.index.saturating_sub(self.watch_retain))?;
+                let floor = e.index.saturating_sub(self.watch_retain);
+                txn.prune_changes(floor, self.watch_retain_bytes)?;
             }
         }
         Ok(skipped)
@@ -510,6 +517,13 @@ impl Applier {
             done.push((ctx.seq, Ok(())));
         }
         Ok(())
+    }
+
+    /// True when the feed holds an eighth more than its byte bound: pruned now rather than at
+    /// the next pruning point, so big values cannot overshoot the bound by much.
+    fn feed_over_budget(&self, txn: &mut ApplyTxn<'_>) -> Result<bool> {
+        let max = self.watch_retain_bytes;
+        Ok(max > 0 && txn.changes_bytes()? > max.saturating_add(max / 8))
     }
 
     fn prune_every(&self) -> u64 {

@@ -182,6 +182,7 @@ impl Replica {
             map_size_mb: cfg.map_size_mb,
             snapshot_entries: cfg.snapshot_entries,
             watch_retain: cfg.watch_retain_entries,
+            watch_retain_bytes: cfg.watch_retain_bytes,
         };
         let applier = Applier::new(shared.clone(), apply_rx, applied, settings);
         threads.apply = Some(spawn(

@@ -51,7 +51,8 @@ pub struct Watch {
 impl Replica {
     /// Watches changes to keys starting with `prefix`. `from_index` 0 starts with the next
     /// change; otherwise changes of entries at or after `from_index` are delivered first
-    /// (`Err(Compacted)` if they left the retained window, `watch_retain_entries`).
+    /// (`Err(Compacted)` if they left the retained window, `watch_retain_entries` and
+    /// `watch_retain_bytes`).
     pub fn watch(&self, prefix: &[u8], from_index: u64) -> Result<Watch> {
         self.check_open()?;
         if self.cfg.watch_retain_entries == 0 {

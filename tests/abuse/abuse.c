@@ -201,7 +201,8 @@ static void check_options(void) {
     /* Every numeric key under empty, negative, non-numeric and overflowing values. */
     const char *numeric[] = {"node_id",     "cluster_id", "request_timeout_ms", "tick_ms",
                              "election_ticks", "heartbeat_ticks", "map_size_mb",
-                             "snapshot_entries", "compaction_margin", "watch_retain_entries"};
+                             "snapshot_entries", "compaction_margin", "watch_retain_entries",
+                             "watch_retain_bytes"};
     const char *bad_numbers[] = {"", " ", "-1", "abc", "1.5", "0x10", "18446744073709551616",
                                  "99999999999999999999999999"};
     for (size_t i = 0; i < sizeof numeric / sizeof numeric[0]; i++) {

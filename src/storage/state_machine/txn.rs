@@ -39,6 +39,8 @@ pub struct ApplyTxn<'a> {
     entry: (u64, u32),
     /// Changes are recorded only when the watch window is not zero.
     record_changes: bool,
+    /// Bytes (keys and values) of the change feed, once read; written back at commit.
+    changes_bytes: Option<u64>,
 }
 
 impl<'a> ApplyTxn<'a> {
@@ -52,6 +54,7 @@ impl<'a> ApplyTxn<'a> {
             applied_term,
             entry: (0, 0),
             record_changes: false,
+            changes_bytes: None,
         })
     }
 
@@ -141,23 +144,72 @@ impl<'a> ApplyTxn<'a> {
         v.extend_from_slice(&(key.len() as u32).to_le_bytes());
         v.extend_from_slice(key);
         v.extend_from_slice(value);
-        self.sm
-            .changes
-            .put(&mut self.txn, &change_key(index, n), &v)?;
+        // Counted before the put: a first count from the records must not include this one.
+        let bytes = self.changes_bytes()?;
+        let k = change_key(index, n);
+        self.sm.changes.put(&mut self.txn, &k, &v)?;
+        self.changes_bytes = Some(bytes + (k.len() + v.len()) as u64);
         self.entry.1 += 1;
         Ok(())
     }
 
-    /// Drops changes of entries before `floor` and remembers the new floor of the window.
-    pub fn prune_changes(&mut self, floor: u64) -> Result<()> {
-        let end = change_key(floor, 0);
-        self.sm.changes.delete_range(
-            &mut self.txn,
-            &(Bound::Unbounded, Bound::Excluded(&end[..])),
-        )?;
+    /// Bytes (keys and values) the change feed holds. Counted once from the records when the
+    /// state machine has no count yet (written by an older version).
+    pub fn changes_bytes(&mut self) -> Result<u64> {
+        if let Some(b) = self.changes_bytes {
+            return Ok(b);
+        }
+        let b = match self.sm.meta.get(&self.txn, "changes_bytes")? {
+            Some(b) => decode_u64(b)?,
+            None => {
+                let mut total = 0u64;
+                for item in self.sm.changes.iter(&self.txn)? {
+                    let (k, v) = item?;
+                    total += (k.len() + v.len()) as u64;
+                }
+                total
+            }
+        };
+        self.changes_bytes = Some(b);
+        Ok(b)
+    }
+
+    /// Drops the changes of entries before `floor`, and then of the oldest entries while the
+    /// feed holds more than `max_bytes` (0: no bound), whole entries at a time; remembers the
+    /// new floor of the window (it never moves back).
+    pub fn prune_changes(&mut self, floor: u64, max_bytes: u64) -> Result<()> {
+        let mut bytes = self.changes_bytes()?;
+        let mut last_dropped: Option<u64> = None;
+        let mut keep_from: Option<u64> = None;
+        for item in self.sm.changes.iter(&self.txn)? {
+            let (k, v) = item?;
+            let index = change_index(k)?;
+            let over = max_bytes > 0 && bytes > max_bytes;
+            if index >= floor && !over && last_dropped != Some(index) {
+                keep_from = Some(index);
+                break;
+            }
+            bytes = bytes.saturating_sub((k.len() + v.len()) as u64);
+            last_dropped = Some(index);
+        }
+        let end = keep_from.map(|i| change_key(i, 0));
+        let upper = match &end {
+            Some(e) => Bound::Excluded(&e[..]),
+            None => Bound::Unbounded,
+        };
+        self.sm
+            .changes
+            .delete_range(&mut self.txn, &(Bound::Unbounded, upper))?;
+        let old_floor = match self.sm.meta.get(&self.txn, "changes_floor")? {
+            Some(b) => decode_u64(b)?,
+            None => 0,
+        };
+        let new_floor = old_floor.max(floor).max(last_dropped.map_or(0, |i| i + 1));
         self.sm
             .meta
-            .put(&mut self.txn, "changes_floor", &floor.to_le_bytes())?;
+            .put(&mut self.txn, "changes_floor", &new_floor.to_le_bytes())?;
+        // An emptied feed holds nothing, whatever the count said.
+        self.changes_bytes = Some(if keep_from.is_some() { bytes } else { 0 });
         Ok(())
     }
 
@@ -292,9 +344,21 @@ impl<'a> ApplyTxn<'a> {
         b[..8].copy_from_slice(&self.applied.to_le_bytes());
         b[8..].copy_from_slice(&self.applied_term.to_le_bytes());
         self.sm.meta.put(&mut self.txn, "applied", &b)?;
+        if let Some(bytes) = self.changes_bytes {
+            self.sm
+                .meta
+                .put(&mut self.txn, "changes_bytes", &bytes.to_le_bytes())?;
+        }
         self.txn.commit()?;
         Ok(())
     }
+}
+
+/// Entry index of a change record's key.
+fn change_index(k: &[u8]) -> Result<u64> {
+    k.get(..8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| Error::Corrupt("change record key is too short".into()))
 }
 
 fn expiry_key(at: u64, key: &[u8]) -> Vec<u8> {

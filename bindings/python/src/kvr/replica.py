@@ -338,7 +338,7 @@ class Replica:
         ``from_index`` 0 starts with the next change; otherwise the changes of entries at or
         after ``from_index`` come first (resume with ``last_event.index + 1``, even after a
         restart). Raises :class:`kvr.Compacted` when those changes left the retained window
-        (option ``watch_retain_entries``).
+        (options ``watch_retain_entries`` and ``watch_retain_bytes``).
 
         Iteration waits for changes; with ``timeout`` (seconds) it ends once no change came
         for that long. To stop it otherwise: ``break`` out of the loop and call
