@@ -353,23 +353,40 @@ fn the_change_feed_drops_whole_oldest_entries_past_its_byte_bound() {
     assert_eq!(indexes, vec![9, 10, 11, 11]);
 
     // A bound that falls inside entry 11 drops all of it, never half an entry.
+    put_entry(&sm, 12, 1, 1000);
     let mut txn = sm.begin().unwrap();
     assert_eq!(
         txn.changes_bytes().unwrap(),
-        per_change * 4,
+        per_change * 5,
         "the count is kept across txns"
     );
     txn.prune_changes(0, per_change + per_change / 2).unwrap();
+    assert_eq!(txn.changes_bytes().unwrap(), per_change);
     txn.commit().unwrap();
-    assert!(sm
-        .changes_after((11, u32::MAX), b"", 100)
-        .unwrap()
-        .changes
-        .is_empty());
+    let last = sm.changes_after((11, u32::MAX), b"", 100).unwrap();
+    let indexes: Vec<u64> = last.changes.iter().map(|c| c.index).collect();
+    assert_eq!(indexes, vec![12]);
     assert_eq!(
         sm.changes_after((10, u32::MAX), b"", 100).err(),
         Some(Error::Compacted),
         "entry 11 went whole, so the window starts after it"
+    );
+    assert_eq!(
+        sm.changes_after((11, 0), b"", 100).err(),
+        Some(Error::Compacted),
+        "a watcher halfway through entry 11 lost the rest of it"
+    );
+
+    // The newest applied entry stays, even alone over the bound.
+    let mut txn = sm.begin().unwrap();
+    txn.prune_changes(0, 1).unwrap();
+    txn.commit().unwrap();
+    assert_eq!(
+        sm.changes_after((11, u32::MAX), b"", 100)
+            .unwrap()
+            .changes
+            .len(),
+        1
     );
 
     // An entry floor below the byte floor does not move the window back.
@@ -380,10 +397,10 @@ fn the_change_feed_drops_whole_oldest_entries_past_its_byte_bound() {
         sm.changes_after((10, u32::MAX), b"", 100).err(),
         Some(Error::Compacted)
     );
-    put_entry(&sm, 12, 1, 10);
-    let fresh = sm.changes_after((11, u32::MAX), b"", 100).unwrap();
+    put_entry(&sm, 13, 1, 10);
+    let fresh = sm.changes_after((12, u32::MAX), b"", 100).unwrap();
     assert_eq!(fresh.changes.len(), 1);
-    assert_eq!(fresh.changes[0].index, 12);
+    assert_eq!(fresh.changes[0].index, 13);
 }
 
 #[test]

@@ -310,7 +310,10 @@ impl StateMachine {
             Some(b) => decode_u64(b)?,
             None => 0,
         };
-        if after.0.saturating_add(1) < floor {
+        // A position inside an entry (`n` not `u32::MAX`) still needs that entry's later
+        // changes: if the entry left the window, they are gone too.
+        let mid_entry = after.1 != u32::MAX;
+        if after.0.saturating_add(1) < floor || (mid_entry && after.0 < floor) {
             return Err(Error::Compacted);
         }
         let start = change_key(after.0, after.1);

@@ -175,8 +175,9 @@ impl<'a> ApplyTxn<'a> {
     }
 
     /// Drops the changes of entries before `floor`, and then of the oldest entries while the
-    /// feed holds more than `max_bytes` (0: no bound), whole entries at a time; remembers the
-    /// new floor of the window (it never moves back).
+    /// feed holds more than `max_bytes` (0: no bound), whole entries at a time and never the
+    /// newest applied one (a watcher that is caught up always has it); remembers the new floor
+    /// of the window (it never moves back).
     pub fn prune_changes(&mut self, floor: u64, max_bytes: u64) -> Result<()> {
         let mut bytes = self.changes_bytes()?;
         let mut last_dropped: Option<u64> = None;
@@ -184,7 +185,7 @@ impl<'a> ApplyTxn<'a> {
         for item in self.sm.changes.iter(&self.txn)? {
             let (k, v) = item?;
             let index = change_index(k)?;
-            let over = max_bytes > 0 && bytes > max_bytes;
+            let over = max_bytes > 0 && bytes > max_bytes && index < self.applied;
             if index >= floor && !over && last_dropped != Some(index) {
                 keep_from = Some(index);
                 break;
