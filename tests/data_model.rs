@@ -182,27 +182,19 @@ fn watch_resumes_after_restart_without_gaps_or_duplicates() {
     }
 }
 
-#[test]
-fn watch_reports_compacted_history() {
-    let mut c = cluster(&hosts()[0].1, &[("watch_retain_entries", "20")]);
+/// Fills a 3-replica cluster opened with `option` through one writer (`fill` arguments), then
+/// checks that the start of history has left the watch window and its last entries have not.
+fn assert_watch_window(option: (&str, &str), fill: &str) {
+    let mut c = cluster(&hosts()[0].1, &[option]);
     let leader = c.wait_leader();
-    // One writer, so that every write is an entry of its own (the window counts entries).
-    assert_eq!(c.node(leader).cmd("fill z 2100 8 1"), "OK 2100");
-    let reply = c.node(leader).cmd("watch - 1 1 10");
-    assert!(reply.starts_with("ERR -11"), "{reply}");
-    let applied = c.node(leader).status_u64("applied");
-    let recent = c
-        .node(leader)
-        .cmd(&format!("watch - {} 1 1000", applied - 5));
-    assert!(recent.starts_with('['), "{recent}");
-}
-
-#[test]
-fn watch_window_is_also_bounded_in_bytes() {
-    // The entry window alone (10 000) would keep every change below; 4 KiB holds ~40 of them.
-    let mut c = cluster(&hosts()[0].1, &[("watch_retain_bytes", "4096")]);
-    let leader = c.wait_leader();
-    assert_eq!(c.node(leader).cmd("fill b 300 64 1"), "OK 300");
+    let count = fill
+        .split_whitespace()
+        .nth(1)
+        .expect("fill PREFIX COUNT ...");
+    assert_eq!(
+        c.node(leader).cmd(&format!("fill {fill}")),
+        format!("OK {count}")
+    );
     let reply = c.node(leader).cmd("watch - 1 1 10");
     assert!(reply.starts_with("ERR -11"), "{reply}");
     let applied = c.node(leader).status_u64("applied");
@@ -211,6 +203,18 @@ fn watch_window_is_also_bounded_in_bytes() {
         .cmd(&format!("watch - {} 1 1000", applied - 5));
     assert!(recent.starts_with('['), "{recent}");
     assert!(!json_strings(&recent, "key").is_empty(), "{recent}");
+}
+
+#[test]
+fn watch_reports_compacted_history() {
+    // One writer, so that every write is an entry of its own (the window counts entries).
+    assert_watch_window(("watch_retain_entries", "20"), "z 2100 8 1");
+}
+
+#[test]
+fn watch_window_is_also_bounded_in_bytes() {
+    // The entry window alone (10 000) would keep every change below; 4 KiB holds ~40 of them.
+    assert_watch_window(("watch_retain_bytes", "4096"), "b 300 64 1");
 }
 
 #[test]

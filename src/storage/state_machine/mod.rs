@@ -177,6 +177,14 @@ impl StateMachine {
     }
 
     /// `(applied_index, applied_term)` as seen by `rtxn`.
+    /// First entry whose changes the feed still holds, as of `rtxn`.
+    pub(crate) fn changes_floor_at(&self, rtxn: &RoTxn<'_, WithoutTls>) -> Result<u64> {
+        match self.meta.get(rtxn, "changes_floor")? {
+            Some(b) => decode_u64(b),
+            None => Ok(0),
+        }
+    }
+
     pub(crate) fn applied_at(&self, rtxn: &RoTxn<'_, WithoutTls>) -> Result<(u64, u64)> {
         match self.meta.get(rtxn, "applied")? {
             None => Ok((0, 0)),
@@ -306,10 +314,7 @@ impl StateMachine {
     ) -> Result<ChangesPage> {
         let rtxn = self.env.read_txn()?;
         let (applied, _) = self.applied_at(&rtxn)?;
-        let floor = match self.meta.get(&rtxn, "changes_floor")? {
-            Some(b) => decode_u64(b)?,
-            None => 0,
-        };
+        let floor = self.changes_floor_at(&rtxn)?;
         // A position inside an entry (`n` not `u32::MAX`) still needs that entry's later
         // changes: if the entry left the window, they are gone too.
         let mid_entry = after.1 != u32::MAX;

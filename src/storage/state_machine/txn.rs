@@ -201,10 +201,7 @@ impl<'a> ApplyTxn<'a> {
         self.sm
             .changes
             .delete_range(&mut self.txn, &(Bound::Unbounded, upper))?;
-        let old_floor = match self.sm.meta.get(&self.txn, "changes_floor")? {
-            Some(b) => decode_u64(b)?,
-            None => 0,
-        };
+        let old_floor = self.sm.changes_floor_at(&self.txn)?;
         let new_floor = old_floor.max(floor).max(last_dropped.map_or(0, |i| i + 1));
         self.sm
             .meta
