@@ -109,6 +109,16 @@ pub enum Op<'a> {
     Expire(Vec<(&'a [u8], u64)>),
 }
 
+impl Op<'_> {
+    /// True when applying the op succeeds whatever the state (the write is unconditional).
+    pub fn settled_on_commit(&self) -> bool {
+        matches!(
+            self,
+            Op::Noop | Op::Put { .. } | Op::Delete { .. } | Op::Batch(_) | Op::Expire(_)
+        )
+    }
+}
+
 impl Command<'_> {
     /// Encodes into a fresh buffer sized exactly.
     pub fn encode(&self) -> Vec<u8> {
@@ -292,6 +302,26 @@ impl Command<'_> {
             watermark,
             op,
         })
+    }
+}
+
+/// The requests of session `client_id` in an entry payload whose outcome is `OK` whatever
+/// state they apply to (puts, deletes, atomic batches): once the entry is committed their
+/// callers can be told, before the state machine applies it. Requests with other outcomes
+/// (compare-and-swap, append) and payloads that do not decode are left to the apply thread,
+/// which decides them (and stops the replica on a payload that does not decode).
+pub fn settled_on_commit(data: &[u8], client_id: u64, out: &mut Vec<u64>) {
+    let mut settle = |part: &[u8]| {
+        if let Ok(cmd) = Command::decode(part) {
+            if cmd.client_id == client_id && cmd.seq != 0 && cmd.op.settled_on_commit() {
+                out.push(cmd.seq);
+            }
+        }
+    };
+    match unpack(data) {
+        Ok(Some(parts)) => parts.into_iter().for_each(&mut settle),
+        Ok(None) => settle(data),
+        Err(_) => {}
     }
 }
 
@@ -497,6 +527,61 @@ mod tests {
         assert!(
             Command::decode(&packed).is_err(),
             "a packed payload is not a command"
+        );
+    }
+
+    #[test]
+    fn only_unconditional_writes_of_the_session_settle_on_commit() {
+        let with = |client_id, seq, op| {
+            Command {
+                client_id,
+                seq,
+                watermark: 0,
+                op,
+            }
+            .encode()
+        };
+        let put = Op::Put {
+            key: b"k",
+            value: b"v",
+            expires_at_ms: 0,
+        };
+        let batch = Op::Batch(vec![BatchOp::Delete { key: b"b" }]);
+        let cas = Op::Cas {
+            now_ms: 1,
+            key: b"k",
+            expected: None,
+            new: Some(b"v"),
+        };
+        let append = Op::Append {
+            now_ms: 1,
+            key: b"k",
+            value: b"v",
+        };
+        let packed = pack(&[
+            with(7, 1, put.clone()),
+            with(7, 2, cas),
+            with(7, 3, Op::Delete { key: b"k" }),
+            with(8, 4, put.clone()),
+            with(7, 0, put.clone()),
+            with(7, 5, append),
+            with(7, 6, batch),
+        ]);
+        let mut out = Vec::new();
+        settled_on_commit(&packed, 7, &mut out);
+        assert_eq!(
+            out,
+            vec![1, 3, 6],
+            "CAS, append, other sessions, seq 0 are not"
+        );
+        out.clear();
+        settled_on_commit(&with(7, 9, put), 7, &mut out);
+        assert_eq!(out, vec![9]);
+        out.clear();
+        settled_on_commit(&packed[..packed.len() - 1], 7, &mut out);
+        assert!(
+            out.is_empty(),
+            "a payload that does not decode settles nothing"
         );
     }
 

@@ -395,8 +395,9 @@ pub unsafe extern "C" fn kvr_open(o: *const kvr_options, out: *mut *mut kvr) -> 
     })
 }
 
-/// Sets `key` to `val`. Blocks until the write is committed by a majority (on disk) and applied
-/// on this replica, or until `request_timeout_ms`. Callable on any replica, from any thread.
+/// Sets `key` to `val`. Blocks until the write is committed by a majority (on disk), or until
+/// `request_timeout_ms`; every later read or watch on this replica sees it (a read waits for
+/// the local apply when it must). Callable on any replica, from any thread.
 /// `val` may be NULL when `val_len` is 0. Codes: `KVR_OK`, `KVR_INVALID_ARG` (NULL or empty key,
 /// key over `KVR_KEY_BYTES_MAX`, value over `KVR_VALUE_BYTES_MAX`), `KVR_TIMEOUT`, `KVR_NO_LEADER`,
 /// `KVR_CLOSED`, `KVR_IO`.

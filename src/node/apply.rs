@@ -28,13 +28,19 @@ use crate::storage::state_machine::{ApplyTxn, Dedup, StateMachine, SESSION_SWEEP
 
 /// Most entries applied in one LMDB txn.
 const BATCH_ENTRIES_MAX: usize = 16_384;
-/// Longest applied entries are held uncommitted, unless a reader needs them sooner.
-const HOLD_MAX: Duration = Duration::from_millis(10);
-/// Most entry bytes held uncommitted. This bounds the commit's work, and so how long entries
-/// committed meanwhile wait to be applied: with 16 KiB (about a hundred small writes) a commit
-/// takes a few milliseconds at most on one shared disk, where 4 MiB held for the full
-/// `HOLD_MAX` made 64 writers' p99 latency ~60 % worse for no gain in writes/s.
-const HOLD_BYTES_MAX: usize = 16 << 10;
+/// Longest applied entries are held uncommitted, unless a reader or a watcher needs them
+/// sooner. A commit writes every B-tree page its writes touched and fsyncs it, so the longer
+/// writes are held the more of them share a page write: with 64 writers over 100 000 keys and
+/// three replicas on one disk, holding 10 ms cost ~18 KiB of disk writes per client write,
+/// holding 1 s ~4 KiB, and writes/s about doubled. Callers do not wait for the commit: puts,
+/// deletes and batches are answered at Raft commit (`RaftLoop::dispatch_committed`), other
+/// requests once applied in the open txn.
+const HOLD_MAX: Duration = Duration::from_secs(1);
+/// Most memory the open txn may dirty before it is committed, estimated as one page per key
+/// written plus the entries' bytes (values land in the pages they dirty).
+const HOLD_DIRTY_MAX: u64 = 64 << 20;
+/// LMDB page size assumed by that estimate.
+const PAGE_BYTES: u64 = 4096;
 /// Attempts at committing a batch before the replica fails closed.
 const COMMIT_ATTEMPTS_MAX: u32 = 5;
 
@@ -60,7 +66,7 @@ struct Held {
     /// Membership after each conf-change entry among them.
     confs: Vec<(u64, ConfState)>,
     /// Bytes of entry data.
-    bytes: usize,
+    bytes: u64,
     /// When the first of them arrived.
     since: Option<Instant>,
     /// A membership change is among them: commit before answering its caller.
@@ -147,10 +153,9 @@ impl Applier {
     }
 
     /// Applies committed entries as they come, each into the one open write txn, and answers
-    /// their callers at once; commits the txn (one fsync) when a reader needs what it holds, a
-    /// membership change is in it, or it is [`HOLD_MAX`] old or large. A restart replays the
-    /// uncommitted entries from the log to the same outcomes, so holding them costs no
-    /// durability, and writes stop queueing behind the state machine's fsync.
+    /// the callers the raft thread has not answered already; commits the txn (one fsync) when
+    /// [`Applier::must_commit`] says so. A restart replays the uncommitted entries from the log
+    /// to the same outcomes, so holding them costs no durability.
     /// Returns when a snapshot is to be installed (after committing) or on shutdown.
     fn serve(&mut self) -> Result<Next> {
         let sm = self.shared.state_machine()?;
@@ -194,14 +199,11 @@ impl Applier {
                 task = self.rx.try_recv().ok();
             }
             if let Some(t) = txn.take() {
-                if next.is_some() || self.must_commit(&held, t.applied()) {
+                if next.is_some() || self.must_commit(&held, &t) {
                     self.commit(t, &mut held)?;
                 } else {
                     txn = Some(t);
                 }
-            }
-            if txn.is_none() {
-                self.shared.flush_wanted.store(false, Ordering::Release);
             }
             self.complete_reads();
             if let Some(n) = next {
@@ -222,7 +224,7 @@ impl Applier {
     ) -> Result<()> {
         let normal = all_normal(&entries);
         let from = held.entries.len();
-        held.bytes += entries.iter().map(|e| e.data.len()).sum::<usize>();
+        held.bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
         held.entries.extend(entries);
         held.confs.extend(confs);
         held.since.get_or_insert_with(Instant::now);
@@ -262,13 +264,15 @@ impl Applier {
         self.shared.waiters.complete_all(done);
     }
 
-    /// True when the open txn, applied up to `applied`, is to be committed now.
-    fn must_commit(&self, held: &Held, applied: u64) -> bool {
+    /// True when the open txn is to be committed now.
+    fn must_commit(&self, held: &Held, txn: &ApplyTxn<'_>) -> bool {
+        let applied = txn.applied();
         held.membership
             || held.entries.len() >= BATCH_ENTRIES_MAX
-            || held.bytes >= HOLD_BYTES_MAX
+            || held.bytes + txn.writes() * PAGE_BYTES >= HOLD_DIRTY_MAX
             || held.since.is_some_and(|s| s.elapsed() >= HOLD_MAX)
-            || self.shared.flush_wanted.load(Ordering::Acquire)
+            || self.shared.flush_to.load(Ordering::Acquire) > self.applied
+            || self.shared.watchers_waiting.load(Ordering::Acquire) > 0
             || self
                 .reads
                 .first_key_value()
@@ -279,7 +283,6 @@ impl Applier {
     /// Commits the open txn and publishes its applied index.
     fn commit(&mut self, txn: ApplyTxn<'_>, held: &mut Held) -> Result<()> {
         let applied = txn.applied();
-        self.shared.flush_wanted.store(false, Ordering::Release);
         let started = Instant::now();
         if let Err(e) = txn.commit() {
             return self.recover(None, held, e);

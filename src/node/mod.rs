@@ -10,7 +10,7 @@ pub mod host;
 pub mod raft_loop;
 pub mod waiters;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crossbeam::channel::Sender;
@@ -102,7 +102,7 @@ pub enum ApplyTask {
         /// Callers waiting to read.
         waiters: Vec<Sender<Result<()>>>,
     },
-    /// Commit what is applied now: a caller waits to read it (see [`Shared::flush_wanted`]).
+    /// Commit what is applied now: a caller waits to read it (see [`Shared::flush_to`]).
     Flush,
     /// Stop the thread.
     Shutdown,
@@ -166,9 +166,13 @@ pub struct Shared {
     /// Highest index whose outcome was handed to a caller of this replica before the state
     /// machine commit holding it landed; local reads wait until `applied_index` reaches it.
     pub replied_index: AtomicU64,
-    /// Set by a reader waiting for `replied_index` to become visible: the apply thread then
-    /// commits what it holds at once instead of batching it further.
-    pub flush_wanted: AtomicBool,
+    /// Watchers waiting for a change: while there are any, the apply thread commits each
+    /// batch at once.
+    pub watchers_waiting: AtomicUsize,
+    /// Highest index a reader waits to see in the state machine (raised to `replied_index`):
+    /// while its committed applied index is below it, the apply thread commits what it holds
+    /// at once instead of batching it further.
+    pub flush_to: AtomicU64,
     /// Wakes the apply thread (weak: it does not keep the apply thread's inbox open).
     pub apply_wake: flume::WeakSender<ApplyTask>,
     /// Log writes (each one write and one fdatasync) since open.
@@ -280,18 +284,30 @@ impl Shared {
         let _ = self.applied_signal.wait_timeout(g, timeout);
     }
 
-    /// Waits until every write already answered on this replica is visible in its state
-    /// machine (asking the apply thread to commit what it holds), or `deadline` passes.
-    pub fn wait_replied_visible(&self, deadline: std::time::Instant) -> Result<()> {
-        let replied = self.replied_index.load(Ordering::Acquire);
-        if self.applied_index.load(Ordering::Acquire) < replied
-            && !self.flush_wanted.swap(true, Ordering::AcqRel)
-        {
+    /// Counts a waiting watcher until the guard drops (and has what is held committed now).
+    pub fn watcher_waits(&self) -> WatcherWait<'_> {
+        self.watchers_waiting.fetch_add(1, Ordering::AcqRel);
+        if let Some(tx) = self.apply_wake.upgrade() {
+            let _ = tx.try_send(ApplyTask::Flush);
+        }
+        WatcherWait(self)
+    }
+
+    /// Asks the apply thread to commit what it holds until its state machine reaches `index`.
+    pub fn want_visible(&self, index: u64) {
+        if self.flush_to.fetch_max(index, Ordering::AcqRel) < index {
             if let Some(tx) = self.apply_wake.upgrade() {
                 let _ = tx.try_send(ApplyTask::Flush);
             }
         }
+    }
+
+    /// Waits until every write already answered on this replica is visible in its state
+    /// machine (asking the apply thread to commit what it holds), or `deadline` passes.
+    pub fn wait_replied_visible(&self, deadline: std::time::Instant) -> Result<()> {
+        let replied = self.replied_index.load(Ordering::Acquire);
         while self.applied_index.load(Ordering::Acquire) < replied {
+            self.want_visible(replied);
             if self.stopping.load(Ordering::Acquire) {
                 return Err(self.stopped_error());
             }
@@ -328,5 +344,14 @@ impl Shared {
             Some(e) => e.clone(),
             None => Error::Closed,
         }
+    }
+}
+
+/// A watcher waiting for changes (see [`Shared::watcher_waits`]).
+pub struct WatcherWait<'a>(&'a Shared);
+
+impl Drop for WatcherWait<'_> {
+    fn drop(&mut self) {
+        self.0.watchers_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }

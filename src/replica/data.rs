@@ -46,8 +46,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Replica {
-    /// Sets `key` to `value`. Returns once the write is committed by a majority (on disk) and
-    /// applied on this replica.
+    /// Sets `key` to `value`. Returns once the write is committed by a majority (on disk);
+    /// every later read or watch on this replica sees it.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         check_key(key)?;
         check_value(value)?;

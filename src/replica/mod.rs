@@ -9,7 +9,7 @@ mod watch;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -553,7 +553,8 @@ fn new_shared(
         first_index: AtomicU64::new(log.truncated_index() + 1),
         applied_index: AtomicU64::new(applied),
         replied_index: AtomicU64::new(0),
-        flush_wanted: AtomicBool::new(false),
+        flush_to: AtomicU64::new(0),
+        watchers_waiting: AtomicUsize::new(0),
         apply_wake,
         log_writes: AtomicU64::new(0),
         log_write_us: AtomicU64::new(0),

@@ -2,6 +2,7 @@
 //! Raft index within the retained window.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,11 +87,7 @@ impl Watch {
             if let Some(c) = self.buf.pop_front() {
                 return Ok(Some(event(c)));
             }
-            if self
-                .shared
-                .stopping
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if self.shared.stopping.load(Ordering::Acquire) {
                 return Err(self.shared.stopped_error());
             }
             let page = self.shared.state_machine()?.changes_after(
@@ -107,8 +104,10 @@ impl Watch {
             if now >= deadline {
                 return Ok(None);
             }
-            // Nothing past the cursor: wait for the applied index to move.
+            // Nothing past the cursor: wait for the applied index to move. While a watcher
+            // waits, the apply thread commits each batch at once rather than holding it.
             let seen = page.applied.max(self.cursor.0);
+            let _waiting = self.shared.watcher_waits();
             self.shared.wait_applied(seen, deadline - now);
         }
     }

@@ -536,9 +536,37 @@ impl RaftLoop {
             self.raw.mut_store().set_conf_state(cs.clone());
             confs.push((e.index, cs));
         }
+        let settled = self.settled(&entries);
         self.apply_tx
             .send(ApplyTask::Entries { entries, confs })
-            .map_err(|_| Error::Closed)
+            .map_err(|_| Error::Closed)?;
+        if let Some((upto, seqs)) = settled {
+            // Committed means durable on a majority, and these outcomes do not depend on the
+            // state: answer now rather than after the apply thread. Local reads wait until the
+            // state machine holds `upto` (`Shared::wait_replied_visible`).
+            self.shared.replied_index.fetch_max(upto, Ordering::AcqRel);
+            self.shared
+                .waiters
+                .complete_all(seqs.into_iter().map(|s| (s, Ok(()))));
+        }
+        Ok(())
+    }
+
+    /// This replica's requests among committed `entries` that can be answered now, and the
+    /// index of the last entry holding one.
+    fn settled(&self, entries: &[Entry]) -> Option<(u64, Vec<u64>)> {
+        let mut seqs = Vec::new();
+        let mut upto = 0;
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let before = seqs.len();
+                crate::command::settled_on_commit(&e.data, self.shared.client_id, &mut seqs);
+                if seqs.len() > before {
+                    upto = e.index;
+                }
+            }
+        }
+        (!seqs.is_empty()).then_some((upto, seqs))
     }
 
     /// Updates the transport and this node's standing for a committed conf change.

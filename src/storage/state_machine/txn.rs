@@ -41,6 +41,8 @@ pub struct ApplyTxn<'a> {
     record_changes: bool,
     /// Bytes (keys and values) of the change feed, once read; written back at commit.
     changes_bytes: Option<u64>,
+    /// Keys written or removed in this txn (each may dirty a page of its own).
+    writes: u64,
 }
 
 impl<'a> ApplyTxn<'a> {
@@ -55,12 +57,18 @@ impl<'a> ApplyTxn<'a> {
             entry: (0, 0),
             record_changes: false,
             changes_bytes: None,
+            writes: 0,
         })
     }
 
     /// Applied index as of this txn (including entries applied in it so far).
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Keys written or removed in this txn so far.
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Starts recording changes for entry `index` (or stops, when `record` is false).
@@ -71,6 +79,7 @@ impl<'a> ApplyTxn<'a> {
 
     /// Sets a key and adjusts its deadline.
     pub fn put(&mut self, key: &[u8], value: &[u8], ttl: TtlChange) -> Result<()> {
+        self.writes += 1;
         self.sm.kv.put(&mut self.txn, key, value)?;
         match ttl {
             TtlChange::Keep => {}
@@ -88,6 +97,7 @@ impl<'a> ApplyTxn<'a> {
 
     /// Removes a key; returns whether it existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.writes += 1;
         let existed = self.sm.kv.delete(&mut self.txn, key)?;
         self.clear_ttl(key)?;
         if existed {
@@ -102,6 +112,7 @@ impl<'a> ApplyTxn<'a> {
             Some(b) if decode_u64(b)? == at => {}
             _ => return Ok(false),
         }
+        self.writes += 1;
         self.sm.kv.delete(&mut self.txn, key)?;
         self.clear_ttl(key)?;
         self.record(change::EXPIRE, key, &[])?;
