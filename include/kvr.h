@@ -141,6 +141,11 @@
 #define KVR_KEY_BYTES_MAX 511
 
 /**
+ * Longest key accepted by `kvr_put_ttl`, in bytes.
+ */
+#define KVR_TTL_KEY_BYTES_MAX 503
+
+/**
  * Largest value accepted, in bytes.
  */
 #define KVR_VALUE_BYTES_MAX 4194304
@@ -494,7 +499,7 @@ int kvr_backup(struct kvr *db, const char *path);
 /**
  * Sets `key` to `val` for `ttl_ms` milliseconds (> 0). Afterwards no read returns it, and the
  * leader removes it through the log, so every replica removes it at the same index. Same
- * blocking and codes as `kvr_put`.
+ * blocking and codes as `kvr_put`; a key with a TTL is at most `KVR_TTL_KEY_BYTES_MAX` bytes.
  */
 int kvr_put_ttl(struct kvr *db,
                 const uint8_t *key,

@@ -311,17 +311,26 @@ impl Command<'_> {
 /// (compare-and-swap, append) and payloads that do not decode are left to the apply thread,
 /// which decides them (and stops the replica on a payload that does not decode).
 pub fn settled_on_commit(data: &[u8], client_id: u64, out: &mut Vec<u64>) {
-    let mut settle = |part: &[u8]| {
-        if let Ok(cmd) = Command::decode(part) {
-            if cmd.client_id == client_id && cmd.seq != 0 && cmd.op.settled_on_commit() {
-                out.push(cmd.seq);
+    let parts = match unpack(data) {
+        Ok(Some(parts)) => parts,
+        Ok(None) => vec![data],
+        Err(_) => return,
+    };
+    // Every part must decode: the apply thread stops the replica on an entry that does not,
+    // so none of its requests may be answered.
+    let from = out.len();
+    for part in parts {
+        match Command::decode(part) {
+            Ok(cmd) => {
+                if cmd.client_id == client_id && cmd.seq != 0 && cmd.op.settled_on_commit() {
+                    out.push(cmd.seq);
+                }
+            }
+            Err(_) => {
+                out.truncate(from);
+                return;
             }
         }
-    };
-    match unpack(data) {
-        Ok(Some(parts)) => parts.into_iter().for_each(&mut settle),
-        Ok(None) => settle(data),
-        Err(_) => {}
     }
 }
 
@@ -575,13 +584,20 @@ mod tests {
             "CAS, append, other sessions, seq 0 are not"
         );
         out.clear();
-        settled_on_commit(&with(7, 9, put), 7, &mut out);
+        settled_on_commit(&with(7, 9, put.clone()), 7, &mut out);
         assert_eq!(out, vec![9]);
         out.clear();
         settled_on_commit(&packed[..packed.len() - 1], 7, &mut out);
         assert!(
             out.is_empty(),
             "a payload that does not decode settles nothing"
+        );
+        let mut garbage = with(8, 1, Op::Noop);
+        garbage[1] = 99;
+        settled_on_commit(&pack(&[with(7, 1, put), garbage]), 7, &mut out);
+        assert!(
+            out.is_empty(),
+            "one part that does not decode settles none of the entry"
         );
     }
 

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 
 /// Longest key accepted, in bytes (LMDB's compiled-in key limit).
 pub const KEY_BYTES_MAX: usize = 511;
+/// Longest key accepted with a TTL, in bytes: the expiry index keys each deadline with the key
+/// after it (8 + key bytes), under the same LMDB limit.
+pub const TTL_KEY_BYTES_MAX: usize = KEY_BYTES_MAX - 8;
 /// Largest value accepted, in bytes.
 pub const VALUE_BYTES_MAX: usize = 4 << 20;
 /// Largest frame accepted on a peer connection, in bytes (checked before allocating).

@@ -82,6 +82,19 @@ fn limits_are_enforced() {
         None,
         "a refused write leaves nothing behind"
     );
+    // A key with a TTL is also a key of the expiry index, behind its 8-byte deadline.
+    let hour = std::time::Duration::from_secs(3600);
+    r.put_with_ttl(&[b't'; 503], b"max ttl key", hour).unwrap();
+    assert!(invalid(r.put_with_ttl(&[b't'; 504], b"v", hour)));
+    assert_eq!(
+        r.get(&[b't'; 503]).unwrap().as_deref(),
+        Some(&b"max ttl key"[..]),
+        "the replica still serves"
+    );
+    assert_eq!(
+        kvr::ffi::KVR_TTL_KEY_BYTES_MAX,
+        kvr::config::TTL_KEY_BYTES_MAX
+    );
 }
 
 #[test]

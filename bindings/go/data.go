@@ -16,7 +16,7 @@ import (
 // PutTTL sets key to value for ttl, rounded up to a whole millisecond. Afterwards no read
 // returns it, and the leader deletes it through the log, so every replica deletes it at the
 // same index (watchers see an EventExpire). A later Put clears the TTL. Blocks and fails like
-// Put; a ttl of zero or less is ErrInvalidArgument.
+// Put; a ttl of zero or less, or a key over 503 bytes, is ErrInvalidArgument.
 func (r *Replica) PutTTL(key, value []byte, ttl time.Duration) error {
 	ms := ttlMillis(ttl)
 	return r.call(func(db *C.kvr) C.int {

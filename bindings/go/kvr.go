@@ -255,8 +255,8 @@ func cBytes(b []byte) (*C.uint8_t, C.size_t) {
 	return (*C.uint8_t)(unsafe.Pointer(&b[0])), C.size_t(len(b))
 }
 
-// Put sets key to value. It returns once a majority has the write on disk and this replica
-// has applied it. Errors: ErrInvalidArgument (empty or over 511-byte key, value over 4 MiB),
+// Put sets key to value. It returns once a majority has the write on disk; every later read
+// or watch on this replica sees it. Errors: ErrInvalidArgument (empty or over 511-byte key, value over 4 MiB),
 // ErrTimeout (the write may still be applied later), ErrNoLeader, ErrClosed, ErrIO.
 func (r *Replica) Put(key, value []byte) error {
 	db, err := r.handle()

@@ -67,7 +67,7 @@ pub struct kvr_event {
 
 /// Sets `key` to `val` for `ttl_ms` milliseconds (> 0). Afterwards no read returns it, and the
 /// leader removes it through the log, so every replica removes it at the same index. Same
-/// blocking and codes as `kvr_put`.
+/// blocking and codes as `kvr_put`; a key with a TTL is at most `KVR_TTL_KEY_BYTES_MAX` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn kvr_put_ttl(
     db: *mut kvr,

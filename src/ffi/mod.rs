@@ -78,6 +78,8 @@ pub const KVR_VERSION_NUMBER: u32 = 2000;
 
 /// Longest key accepted, in bytes.
 pub const KVR_KEY_BYTES_MAX: usize = 511;
+/// Longest key accepted by `kvr_put_ttl`, in bytes.
+pub const KVR_TTL_KEY_BYTES_MAX: usize = 503;
 /// Largest value accepted, in bytes.
 pub const KVR_VALUE_BYTES_MAX: usize = 4194304;
 

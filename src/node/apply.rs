@@ -36,8 +36,11 @@ const BATCH_ENTRIES_MAX: usize = 16_384;
 /// deletes and batches are answered at Raft commit (`RaftLoop::dispatch_committed`), other
 /// requests once applied in the open txn.
 const HOLD_MAX: Duration = Duration::from_secs(1);
+/// How long applied entries are held while a watcher waits for changes: a watcher that is
+/// always waiting sees each change within this, and costs the disk a commit per interval.
+const HOLD_WATCHED: Duration = Duration::from_millis(10);
 /// Most memory the open txn may dirty before it is committed, estimated as one page per key
-/// written plus the entries' bytes (values land in the pages they dirty).
+/// written plus the entries' bytes twice (values land in the data pages and in the change feed).
 const HOLD_DIRTY_MAX: u64 = 64 << 20;
 /// LMDB page size assumed by that estimate.
 const PAGE_BYTES: u64 = 4096;
@@ -167,7 +170,7 @@ impl Applier {
                 Some(since) => {
                     match self
                         .rx
-                        .recv_timeout(HOLD_MAX.saturating_sub(since.elapsed()))
+                        .recv_timeout(self.hold().saturating_sub(since.elapsed()))
                     {
                         Ok(t) => t,
                         Err(flume::RecvTimeoutError::Timeout) => ApplyTask::Flush,
@@ -193,7 +196,9 @@ impl Applier {
                     ApplyTask::Flush => {}
                     ApplyTask::Shutdown => next = Some(Next::Stop),
                 }
-                if next.is_some() || held.entries.len() >= BATCH_ENTRIES_MAX {
+                // A backlog (a follower catching up) is committed as it goes, within the same
+                // bounds, and a reader waiting meanwhile is not kept behind all of it.
+                if next.is_some() || txn.as_ref().is_some_and(|t| self.must_commit(&held, t)) {
                     break;
                 }
                 task = self.rx.try_recv().ok();
@@ -264,15 +269,23 @@ impl Applier {
         self.shared.waiters.complete_all(done);
     }
 
+    /// How long applied entries are held uncommitted at most, as of now.
+    fn hold(&self) -> Duration {
+        if self.shared.watchers_waiting.load(Ordering::Acquire) > 0 {
+            HOLD_WATCHED
+        } else {
+            HOLD_MAX
+        }
+    }
+
     /// True when the open txn is to be committed now.
     fn must_commit(&self, held: &Held, txn: &ApplyTxn<'_>) -> bool {
         let applied = txn.applied();
         held.membership
             || held.entries.len() >= BATCH_ENTRIES_MAX
-            || held.bytes + txn.writes() * PAGE_BYTES >= HOLD_DIRTY_MAX
-            || held.since.is_some_and(|s| s.elapsed() >= HOLD_MAX)
+            || 2 * held.bytes + txn.writes() * PAGE_BYTES >= HOLD_DIRTY_MAX
+            || held.since.is_some_and(|s| s.elapsed() >= self.hold())
             || self.shared.flush_to.load(Ordering::Acquire) > self.applied
-            || self.shared.watchers_waiting.load(Ordering::Acquire) > 0
             || self
                 .reads
                 .first_key_value()

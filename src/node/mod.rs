@@ -166,8 +166,8 @@ pub struct Shared {
     /// Highest index whose outcome was handed to a caller of this replica before the state
     /// machine commit holding it landed; local reads wait until `applied_index` reaches it.
     pub replied_index: AtomicU64,
-    /// Watchers waiting for a change: while there are any, the apply thread commits each
-    /// batch at once.
+    /// Watchers waiting for a change: while there are any, the apply thread holds applied
+    /// entries for at most 10 ms instead of a second.
     pub watchers_waiting: AtomicUsize,
     /// Highest index a reader waits to see in the state machine (raised to `replied_index`):
     /// while its committed applied index is below it, the apply thread commits what it holds
@@ -284,7 +284,8 @@ impl Shared {
         let _ = self.applied_signal.wait_timeout(g, timeout);
     }
 
-    /// Counts a waiting watcher until the guard drops (and has what is held committed now).
+    /// Counts a waiting watcher until the guard drops (and wakes the apply thread, so that its
+    /// shorter hold applies to what it holds already).
     pub fn watcher_waits(&self) -> WatcherWait<'_> {
         self.watchers_waiting.fetch_add(1, Ordering::AcqRel);
         if let Some(tx) = self.apply_wake.upgrade() {

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{check_key, check_value, ReadConsistency, Replica};
 use crate::command::{BatchOp, Op};
+use crate::config::TTL_KEY_BYTES_MAX;
 use crate::error::{Error, Result};
 use crate::storage::state_machine::ScanPage;
 
@@ -59,10 +60,17 @@ impl Replica {
     }
 
     /// Sets `key` to `value` for `ttl`: afterwards reads no longer see it, and the leader
-    /// removes it through the log (every replica at the same index).
+    /// removes it through the log (every replica at the same index). The key is at most
+    /// [`crate::config::TTL_KEY_BYTES_MAX`] bytes.
     pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
+        if key.len() > TTL_KEY_BYTES_MAX {
+            return Err(Error::invalid(format!(
+                "key of {} bytes exceeds {TTL_KEY_BYTES_MAX}, the limit for a key with a TTL",
+                key.len()
+            )));
+        }
         if ttl.is_zero() {
             return Err(Error::invalid("ttl must be positive"));
         }

@@ -552,7 +552,9 @@ fn new_shared(
         last_index: AtomicU64::new(log.last_index_now()),
         first_index: AtomicU64::new(log.truncated_index() + 1),
         applied_index: AtomicU64::new(applied),
-        replied_index: AtomicU64::new(0),
+        // Writes answered before a crash may not be in the state machine yet: the first local
+        // reads wait until raft has replayed the log up to the commit index it recorded.
+        replied_index: AtomicU64::new(log.hard_state().commit),
         flush_to: AtomicU64::new(0),
         watchers_waiting: AtomicUsize::new(0),
         apply_wake,

@@ -605,6 +605,10 @@ static void check_data_model(kvr *db) {
               KVR_INVALID_ARG);
     EXPECT_DB(db, "put_ttl(key of 512 bytes)",
               kvr_put_ttl(db, key, KVR_KEY_BYTES_MAX + 1, u8("v"), 1, 1000), KVR_INVALID_ARG);
+    EXPECT_DB(db, "put_ttl(key of 504 bytes)",
+              kvr_put_ttl(db, key, KVR_TTL_KEY_BYTES_MAX + 1, u8("v"), 1, 1000), KVR_INVALID_ARG);
+    EXPECT_DB(db, "put_ttl(key of 503 bytes)",
+              kvr_put_ttl(db, key, KVR_TTL_KEY_BYTES_MAX, u8("v"), 1, 1000), KVR_OK);
     EXPECT_DB(db, "put_ttl(NULL value, len 1)", kvr_put_ttl(db, u8("t"), 1, NULL, 1, 1000),
               KVR_INVALID_ARG);
     EXPECT_DB(db, "put_ttl(value of 4 MiB + 1)",

@@ -257,7 +257,9 @@ impl RaftLoop {
     fn propose_conf_change(&mut self, seq: u64, cc: ConfChange) {
         let r = &self.raw.raft;
         if r.pending_conf_index > r.raft_log.applied {
-            // raft-rs would silently turn the change into an empty entry; let the caller retry.
+            // raft-rs would silently turn the change into an empty entry; let the caller retry,
+            // once the state machine has committed what it holds up to there.
+            self.shared.want_visible(r.pending_conf_index);
             let busy = Error::Busy("another membership change is in progress".into());
             self.shared.waiters.notify(seq, Err(busy));
             return;

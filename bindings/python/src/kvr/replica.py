@@ -206,11 +206,13 @@ class Replica:
         return h
 
     def put(self, key: Key, value: Value, ttl_ms: Optional[int] = None) -> None:
-        """Sets ``key`` to ``value``; returns once a majority has it on disk and it is applied here.
+        """Sets ``key`` to ``value``; returns once a majority has it on disk (every later read or
+        watch on this replica sees it).
 
         With ``ttl_ms`` (> 0) the key expires that many milliseconds later: no read returns it
         afterwards, and the leader deletes it through the log, so every replica deletes it at
         the same index (watchers see an ``EXPIRE`` event). A later plain ``put`` clears the TTL.
+        A key with a TTL is at most 503 bytes.
         """
         v = _value(value)
         if ttl_ms is None:
