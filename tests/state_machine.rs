@@ -295,9 +295,7 @@ fn the_change_feed_records_every_change_in_order_and_prunes_its_window() {
         4,
         "deleting an absent key is not a change"
     );
-    let mut txn = sm.begin().unwrap();
-    txn.prune_changes(3, 0).unwrap();
-    txn.commit().unwrap();
+    prune(&sm, 3, 0);
     assert_eq!(
         sm.changes_after((0, u32::MAX), b"", 10).err(),
         Some(Error::Compacted)
@@ -312,6 +310,13 @@ fn the_change_feed_records_every_change_in_order_and_prunes_its_window() {
 }
 
 /// Puts `n` values of `len` bytes as entry `index` (one session sequence per entry).
+/// Prunes the change feed in a txn of its own.
+fn prune(sm: &StateMachine, floor: u64, max_bytes: u64) {
+    let mut txn = sm.begin().unwrap();
+    txn.prune_changes(floor, max_bytes).unwrap();
+    txn.commit().unwrap();
+}
+
 fn put_entry(sm: &StateMachine, index: u64, n: usize, len: usize) {
     let mut txn = sm.begin().unwrap();
     txn.begin_entry(index, true);
@@ -378,9 +383,7 @@ fn the_change_feed_drops_whole_oldest_entries_past_its_byte_bound() {
     );
 
     // The newest applied entry stays, even alone over the bound.
-    let mut txn = sm.begin().unwrap();
-    txn.prune_changes(0, 1).unwrap();
-    txn.commit().unwrap();
+    prune(&sm, 0, 1);
     assert_eq!(
         sm.changes_after((11, u32::MAX), b"", 100)
             .unwrap()
@@ -390,9 +393,7 @@ fn the_change_feed_drops_whole_oldest_entries_past_its_byte_bound() {
     );
 
     // An entry floor below the byte floor does not move the window back.
-    let mut txn = sm.begin().unwrap();
-    txn.prune_changes(3, 0).unwrap();
-    txn.commit().unwrap();
+    prune(&sm, 3, 0);
     assert_eq!(
         sm.changes_after((10, u32::MAX), b"", 100).err(),
         Some(Error::Compacted)

@@ -288,18 +288,21 @@ impl Shared {
     /// shorter hold applies to what it holds already).
     pub fn watcher_waits(&self) -> WatcherWait<'_> {
         self.watchers_waiting.fetch_add(1, Ordering::AcqRel);
-        if let Some(tx) = self.apply_wake.upgrade() {
-            let _ = tx.try_send(ApplyTask::Flush);
-        }
+        self.wake_apply();
         WatcherWait(self)
     }
 
     /// Asks the apply thread to commit what it holds until its state machine reaches `index`.
     pub fn want_visible(&self, index: u64) {
         if self.flush_to.fetch_max(index, Ordering::AcqRel) < index {
-            if let Some(tx) = self.apply_wake.upgrade() {
-                let _ = tx.try_send(ApplyTask::Flush);
-            }
+            self.wake_apply();
+        }
+    }
+
+    /// Makes the apply thread look at its commit conditions again.
+    fn wake_apply(&self) {
+        if let Some(tx) = self.apply_wake.upgrade() {
+            let _ = tx.try_send(ApplyTask::Flush);
         }
     }
 
