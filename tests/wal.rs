@@ -1,6 +1,7 @@
 //! The write-ahead log under crashes and damage: a torn last append is dropped, damage before
 //! intact data is reported, segments roll and are deleted by compaction, and a log restarted
-//! after a snapshot never brings old entries back.
+//! after a snapshot never brings old entries back. Segments are written full before use, so
+//! an append's fdatasync has no extent conversion to journal.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -10,7 +11,7 @@ use raft::eraftpb::{Entry, HardState};
 use raft::{GetEntriesContext, Storage};
 
 use kvr::storage::log_store::LogStore;
-use kvr::storage::wal::SEGMENT_BYTES;
+use kvr::storage::wal::{FIRST_SEGMENT_BYTES, SEGMENT_BYTES, SPARE_NAME};
 
 fn entry(index: u64, term: u64, bytes: usize) -> Entry {
     Entry {
@@ -199,4 +200,118 @@ fn votes_are_durable_without_entries() {
     let s = LogStore::open(d.path()).unwrap();
     let hs = s.initial_state().unwrap().hard_state;
     assert_eq!((hs.term, hs.vote), (7, 3));
+}
+
+/// Byte ranges of `path` the file system has allocated but never written (`fallocate`d), from
+/// FIEMAP; `None` when the file system does not report extents.
+fn unwritten_ranges(path: &Path) -> Option<Vec<(u64, u64)>> {
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const EXTENTS: usize = 256;
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; EXTENTS],
+    }
+    let f = fs::File::open(path).unwrap();
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let mut m = Fiemap {
+            start,
+            length: u64::MAX - start,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped: 0,
+            count: EXTENTS as u32,
+            reserved: 0,
+            extents: [Extent::default(); EXTENTS],
+        };
+        // SAFETY: FIEMAP on an open descriptor, with room for `count` extents after the header.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::unix::io::AsRawFd::as_raw_fd(&f),
+                FS_IOC_FIEMAP as _,
+                &mut m as *mut Fiemap,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let got = &m.extents[..m.mapped as usize];
+        out.extend(
+            got.iter()
+                .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0)
+                .map(|e| (e.logical, e.logical + e.length)),
+        );
+        match got.last() {
+            Some(e) if got.len() == EXTENTS => start = e.logical + e.length,
+            _ => return Some(out),
+        }
+    }
+}
+
+#[test]
+fn segments_are_written_full_before_appends_use_them() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = LogStore::open(d.path()).unwrap();
+    let first = segments(d.path());
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        fs::metadata(&first[0]).unwrap().len(),
+        FIRST_SEGMENT_BYTES,
+        "a new log starts with a small segment"
+    );
+    // The restart takes the next segment, four times the size, from the spare.
+    s.reset_to(5, 5, HardState::default()).unwrap();
+    // Appends at a pace the background fill keeps ahead of, until two rolls have happened.
+    let mut i = 6;
+    while segments(d.path()).len() < 3 {
+        s.append(&[entry(i, 5, 256 << 10)], None).unwrap();
+        i += 1;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(i < 1000, "no roll after {i} appends of 256 KiB");
+    }
+    let segs = segments(d.path());
+    let sizes: Vec<u64> = segs
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(
+        sizes[..2],
+        [4 * FIRST_SEGMENT_BYTES, 16 * FIRST_SEGMENT_BYTES],
+        "each segment four times the one before"
+    );
+    assert!(sizes[2] <= SEGMENT_BYTES);
+    assert!(
+        d.path().join(SPARE_NAME).exists(),
+        "the next one is filling"
+    );
+    for p in &segs {
+        match unwritten_ranges(p) {
+            Some(r) => assert!(r.is_empty(), "{}: unwritten extents {r:?}", p.display()),
+            None => {
+                eprintln!("the file system of {} reports no extents", p.display());
+                return;
+            }
+        }
+    }
+    drop(s);
+    let s = LogStore::open(d.path()).unwrap();
+    assert_eq!(s.last_index().unwrap(), i - 1, "every append read back");
 }

@@ -1,8 +1,14 @@
 //! The write-ahead log that holds the Raft log: append-only segment files, one `pwrite` and one
 //! `fdatasync` per append, plus a small `META` file replaced atomically.
 //!
-//! Segment `NNNNNNNNNNNNNNNN.log` (hex sequence number) is preallocated, so an append does not
-//! change the file size and its fdatasync writes no inode. It holds batches, one per append:
+//! Segment `NNNNNNNNNNNNNNNN.log` (hex sequence number) is written full of zeros before it is
+//! used, so an append overwrites blocks the file system has already allocated and written: its
+//! fdatasync flushes the data alone, with no size change and no extent conversion to journal
+//! (ext4 and XFS journal the first write into a `fallocate`d range). A background thread fills
+//! the next segment, `spare.tmp`, while the active one is written; a roll renames it into
+//! place. The first segment of a new log is 1 MiB and each one after it four times the size of
+//! the one before, up to [`SEGMENT_BYTES`], so a new replica opens at once and a busy one rolls
+//! rarely. A segment holds batches, one per append:
 //! `magic u32 | body_len u32 | body_crc u32 | body`, the body being records
 //! `type u8 | len u32 | crc u32 | payload` (CRC-32C, little-endian). Record types: an entry
 //! (protobuf `Entry`) and a hard state (protobuf `HardState`). Every segment starts with the
@@ -20,6 +26,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{Entry, HardState};
@@ -28,8 +37,19 @@ use super::crc32c;
 use super::log_store::Identity;
 use crate::error::{Error, Result};
 
-/// Preallocated size of a segment; a segment is closed once an append would go past it.
+/// Largest size of a segment; a segment is closed once an append would go past its size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Size of the first segment of a new log.
+pub const FIRST_SEGMENT_BYTES: u64 = 1 << 20;
+/// Name of the segment being filled in the background.
+pub const SPARE_NAME: &str = "spare.tmp";
+/// A roll waits for a spare this small to be filled rather than preallocate its segment.
+const SPARE_WAIT_MAX: u64 = 4 * FIRST_SEGMENT_BYTES;
+/// Zeros written per call while filling a segment.
+const FILL_CHUNK: usize = 1 << 20;
+/// A filling segment is synced every this many bytes, so it never piles up dirty pages whose
+/// writeback would stall the appends of the active segment.
+const FILL_SYNC_EVERY: u64 = 8 << 20;
 const BATCH_MAGIC: u32 = 0x5752_564b;
 const BATCH_HEADER_BYTES: usize = 12;
 const RECORD_HEADER_BYTES: usize = 9;
@@ -76,6 +96,16 @@ struct Segment {
     seq: u64,
     file: File,
     path: PathBuf,
+    /// Size of the file when it was taken into use; appends go past it only for a batch larger
+    /// than a whole segment.
+    cap: u64,
+}
+
+/// The next segment, being filled with zeros by a thread of its own.
+struct Spare {
+    bytes: u64,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<std::io::Result<File>>,
 }
 
 /// The write-ahead log of one replica.
@@ -86,6 +116,15 @@ pub struct Wal {
     /// Write offset in the last segment.
     active_len: u64,
     buf: Vec<u8>,
+    spare: Option<Spare>,
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Wal {
@@ -94,6 +133,15 @@ impl Wal {
         fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let meta = read_meta(&dir.join("META"))?;
+        // A spare left by an earlier run may be half filled; it is filled again.
+        match fs::remove_file(dir.join(SPARE_NAME)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io(format!(
+                    "cannot remove the old spare segment: {e}"
+                )))
+            }
+            _ => {}
+        }
         let mut seqs = list_segments(dir)?;
         for &seq in seqs.iter().filter(|&&s| s < meta.floor) {
             let _ = fs::remove_file(segment_path(dir, seq));
@@ -105,6 +153,7 @@ impl Wal {
             segments: Vec::new(),
             active_len: 0,
             buf: Vec::new(),
+            spare: None,
         };
         let mut rec = Recovered {
             entries: Vec::new(),
@@ -114,11 +163,19 @@ impl Wal {
             let path = segment_path(dir, seq);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let end = recover_segment(&file, seq, i + 1 == seqs.len(), &mut rec)?;
-            wal.segments.push(Segment { seq, file, path });
+            let cap = file.metadata()?.len();
+            wal.segments.push(Segment {
+                seq,
+                file,
+                path,
+                cap,
+            });
             wal.active_len = end;
         }
         if wal.segments.is_empty() {
             wal.new_segment(wal.meta.floor.max(1), &rec.hard_state.clone())?;
+        } else {
+            wal.start_spare();
         }
         Ok((wal, rec))
     }
@@ -156,7 +213,8 @@ impl Wal {
             .map(|e| e.compute_size() as usize + RECORD_HEADER_BYTES)
             .sum();
         let mut with_hs = hs_changed;
-        if self.active_len > 0 && self.active_len + (estimate + 256) as u64 > SEGMENT_BYTES {
+        let cap = self.segments.last().map_or(0, |s| s.cap);
+        if self.active_len > 0 && self.active_len + (estimate + 256) as u64 > cap {
             self.roll(hs)?;
             with_hs = true;
         }
@@ -254,34 +312,149 @@ impl Wal {
         self.new_segment(next, hs)
     }
 
-    /// Creates segment `seq`, preallocated, whose first batch is the hard state.
+    /// Creates segment `seq`, whose first batch is the hard state, from the spare when it is
+    /// filled (a roll waits only for a small one, as right after a new log starts), and starts
+    /// filling the next spare.
     fn new_segment(&mut self, seq: u64, hs: &HardState) -> Result<()> {
         let path = segment_path(&self.dir, seq);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        // SAFETY: fallocate on a valid, owned descriptor.
-        let rc =
-            unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, SEGMENT_BYTES as libc::off_t) };
-        if rc != 0 {
-            return Err(Error::Io(format!(
-                "cannot preallocate {}: {}",
-                path.display(),
-                std::io::Error::from_raw_os_error(rc)
-            )));
-        }
-        file.sync_all()?;
+        let (file, cap) = match self.take_spare() {
+            Some((file, cap)) => {
+                fs::rename(self.dir.join(SPARE_NAME), &path)?;
+                (file, cap)
+            }
+            None => {
+                let cap = self.next_segment_bytes();
+                (create_segment(&path, cap)?, cap)
+            }
+        };
         sync_dir(&self.dir)?;
-        self.segments.push(Segment { seq, file, path });
+        self.segments.push(Segment {
+            seq,
+            file,
+            path,
+            cap,
+        });
         self.active_len = 0;
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; BATCH_HEADER_BYTES]);
         put_record(&mut self.buf, REC_HARD_STATE, |b| hs.write_to_vec(b))?;
-        self.write_batch()
+        self.write_batch()?;
+        self.start_spare();
+        Ok(())
     }
+
+    /// Size of the segment after the active one.
+    fn next_segment_bytes(&self) -> u64 {
+        self.segments
+            .last()
+            .map_or(FIRST_SEGMENT_BYTES, |s| s.cap.max(FIRST_SEGMENT_BYTES) * 4)
+            .min(SEGMENT_BYTES)
+    }
+
+    /// The filled spare and its size, if its thread has finished (or is filling a small one)
+    /// and succeeded.
+    fn take_spare(&mut self) -> Option<(File, u64)> {
+        let spare = self.spare.as_ref()?;
+        if !spare.handle.is_finished() && spare.bytes > SPARE_WAIT_MAX {
+            return None;
+        }
+        let spare = self.spare.take()?;
+        match spare.handle.join() {
+            Ok(Ok(file)) => Some((file, spare.bytes)),
+            Ok(Err(e)) => {
+                log::warn!("wal: filling the next segment failed ({e}); preallocating instead");
+                None
+            }
+            Err(_) => {
+                log::warn!("wal: the thread filling the next segment panicked");
+                None
+            }
+        }
+    }
+
+    /// Starts filling the next segment unless one is filling or filled already. Failing to
+    /// start is not an error: the next roll preallocates its segment instead.
+    fn start_spare(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        let bytes = self.next_segment_bytes();
+        let path = self.dir.join(SPARE_NAME);
+        // Opened here, not in the thread: a thread left over from a closed log writes only to
+        // its own file, never to one a later open created under the same name.
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("wal: cannot create {}: {e}", path.display());
+                return;
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("kvr-wal-fill".into())
+            .spawn(move || fill_with_zeros(&file, bytes, &flag).map(|()| file));
+        match spawned {
+            Ok(handle) => {
+                self.spare = Some(Spare {
+                    bytes,
+                    stop,
+                    handle,
+                })
+            }
+            Err(e) => log::warn!("wal: cannot start filling the next segment: {e}"),
+        }
+    }
+}
+
+/// Creates the segment file at `path`, `bytes` long: filled with zeros when it is small enough
+/// to do so at once, preallocated otherwise.
+fn create_segment(path: &Path, bytes: u64) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    if bytes <= FIRST_SEGMENT_BYTES {
+        fill_with_zeros(&file, bytes, &AtomicBool::new(false))?;
+        return Ok(file);
+    }
+    // SAFETY: fallocate on a valid, owned descriptor.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+    if rc != 0 {
+        return Err(Error::Io(format!(
+            "cannot preallocate {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        )));
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Writes `bytes` zeros to `file` and syncs it; gives up early when `stop` is set.
+fn fill_with_zeros(file: &File, bytes: u64, stop: &AtomicBool) -> std::io::Result<()> {
+    let zeros = vec![0u8; FILL_CHUNK];
+    let mut at = 0u64;
+    while at < bytes {
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("stopped"));
+        }
+        let n = (bytes - at).min(FILL_CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+        if at % FILL_SYNC_EVERY == 0 && at < bytes {
+            file.sync_data()?;
+        }
+    }
+    file.sync_all()
 }
 
 /// Appends a record written by `payload`; returns its payload's offset in `buf`, length and CRC.
