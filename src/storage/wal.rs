@@ -45,11 +45,9 @@ pub const FIRST_SEGMENT_BYTES: u64 = 1 << 20;
 pub const SPARE_NAME: &str = "spare.tmp";
 /// A roll waits for a spare this small to be filled rather than preallocate its segment.
 const SPARE_WAIT_MAX: u64 = 4 * FIRST_SEGMENT_BYTES;
-/// Zeros written per call while filling a segment.
-const FILL_CHUNK: usize = 1 << 20;
-/// A filling segment is synced every this many bytes, so it never piles up dirty pages whose
-/// writeback would stall the appends of the active segment.
-const FILL_SYNC_EVERY: u64 = 8 << 20;
+/// Zeros written, then synced, per step while filling a segment: small steps, so the appends
+/// of the active segment never queue behind a large writeback.
+const FILL_CHUNK: usize = 256 << 10;
 const BATCH_MAGIC: u32 = 0x5752_564b;
 const BATCH_HEADER_BYTES: usize = 12;
 const RECORD_HEADER_BYTES: usize = 9;
@@ -449,10 +447,8 @@ fn fill_with_zeros(file: &File, bytes: u64, stop: &AtomicBool) -> std::io::Resul
         }
         let n = (bytes - at).min(FILL_CHUNK as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
+        file.sync_data()?;
         at += n as u64;
-        if at % FILL_SYNC_EVERY == 0 && at < bytes {
-            file.sync_data()?;
-        }
     }
     file.sync_all()
 }
