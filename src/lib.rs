@@ -31,7 +31,8 @@
 //! # Threads
 //!
 //! Per replica: `kvr-raft-N`, `kvr-apply-N`, `kvr-listen-N`, one `kvr-reader-N` per inbound
-//! connection and one `kvr-peer-N-M` writer per peer ([`transport`]). No async runtime.
+//! connection and one `kvr-peer-N-M` writer per peer ([`transport`]), and `kvr-wal-fill`
+//! while the next log segment is filled ([`storage::wal`]). No async runtime.
 //!
 //! The C ABI ([`ffi`]) wraps this API; see `include/kvr.h`.
 

@@ -367,6 +367,12 @@ impl LogStore {
         self.wal.disk_bytes()
     }
 
+    /// Waits until the next segment is filled; see [`Wal::wait_for_spare`].
+    #[doc(hidden)]
+    pub fn wait_for_spare(&self) {
+        self.wal.wait_for_spare()
+    }
+
     fn loc(&self, index: u64) -> Option<&(u64, Loc)> {
         if index <= self.truncated_index {
             return None;

@@ -6,9 +6,10 @@
 //! fdatasync flushes the data alone, with no size change and no extent conversion to journal
 //! (ext4 and XFS journal the first write into a `fallocate`d range). A background thread fills
 //! the next segment, `spare.tmp`, while the active one is written; a roll renames it into
-//! place. The first segment of a new log is 1 MiB and each one after it four times the size of
-//! the one before, up to [`SEGMENT_BYTES`], so a new replica opens at once and a busy one rolls
-//! rarely. A segment holds batches, one per append:
+//! place, or preallocates a segment when the spare is not ready (it waits only for a small
+//! one). The first segment of a new log is 1 MiB and each one after it four times the size of
+//! the one before, up to [`SEGMENT_BYTES`], so a new replica opens quickly (a few MiB of zeros)
+//! and a busy one rolls rarely. A segment holds batches, one per append:
 //! `magic u32 | body_len u32 | body_crc u32 | body`, the body being records
 //! `type u8 | len u32 | crc u32 | payload` (CRC-32C, little-endian). Record types: an entry
 //! (protobuf `Entry`) and a hard state (protobuf `HardState`). Every segment starts with the
@@ -18,7 +19,9 @@
 //! and the floor: segments numbered below it are dead (a snapshot replaced the log).
 //!
 //! Recovery reads every live segment in order. A bad batch at the end of the last segment is a
-//! torn append of a crash and ends the log; anything else that does not check out — a bad
+//! torn append of a crash and ends the log, and whatever of it reached the disk is zeroed (a
+//! later, shorter append might not cover it, and once the segment is no longer the last one
+//! it would read as damage); anything else that does not check out — a bad
 //! batch followed by a good one, or a bad batch in an older segment — is corruption.
 
 use std::fs::{self, File, OpenOptions};
@@ -45,8 +48,9 @@ pub const FIRST_SEGMENT_BYTES: u64 = 1 << 20;
 pub const SPARE_NAME: &str = "spare.tmp";
 /// A roll waits for a spare this small to be filled rather than preallocate its segment.
 const SPARE_WAIT_MAX: u64 = 4 * FIRST_SEGMENT_BYTES;
-/// Zeros written, then synced, per step while filling a segment: small steps, so the appends
-/// of the active segment never queue behind a large writeback.
+/// Zeros written per step while filling a segment. Each step's writeback is started at once
+/// and the one before waited for, so at most two steps are ever dirty and the appends of the
+/// active segment never queue behind a large writeback; one fsync at the end makes it durable.
 const FILL_CHUNK: usize = 256 << 10;
 const BATCH_MAGIC: u32 = 0x5752_564b;
 const BATCH_HEADER_BYTES: usize = 12;
@@ -94,8 +98,8 @@ struct Segment {
     seq: u64,
     file: File,
     path: PathBuf,
-    /// Size of the file when it was taken into use; appends go past it only for a batch larger
-    /// than a whole segment.
+    /// Size of the file when it was taken into use; a batch goes past it only when the segment
+    /// holds nothing else (a batch larger than a segment, or a segment cut short by a crash).
     cap: u64,
 }
 
@@ -118,9 +122,13 @@ pub struct Wal {
 }
 
 impl Drop for Wal {
+    /// Stops the fill (within one step) and removes the spare, so a closed log leaves no thread
+    /// and no file behind.
     fn drop(&mut self) {
         if let Some(spare) = self.spare.take() {
             spare.stop.store(true, Ordering::Relaxed);
+            let _ = spare.handle.join();
+            let _ = fs::remove_file(self.dir.join(SPARE_NAME));
         }
     }
 }
@@ -296,13 +304,24 @@ impl Wal {
         });
     }
 
-    /// Bytes of all segment files.
+    /// Bytes of all segment files, the spare included.
     pub fn disk_bytes(&self) -> u64 {
+        let spare = fs::metadata(self.dir.join(SPARE_NAME)).map_or(0, |m| m.len());
         self.segments
             .iter()
             .filter_map(|s| s.file.metadata().ok())
             .map(|m| m.len())
-            .sum()
+            .sum::<u64>()
+            + spare
+    }
+
+    /// Waits until the spare, if one is filling, is ready; tests use it to make a roll take
+    /// the spare whatever the disk's speed.
+    #[doc(hidden)]
+    pub fn wait_for_spare(&self) {
+        while self.spare.as_ref().is_some_and(|s| !s.handle.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     fn roll(&mut self, hs: &HardState) -> Result<()> {
@@ -322,7 +341,9 @@ impl Wal {
             }
             None => {
                 let cap = self.next_segment_bytes();
-                (create_segment(&path, cap)?, cap)
+                // With no spare at all (a new log), a small segment is filled in its place.
+                let via = self.spare.is_none().then(|| self.dir.join(SPARE_NAME));
+                (create_segment(&path, cap, via.as_deref())?, cap)
             }
         };
         sync_dir(&self.dir)?;
@@ -357,17 +378,15 @@ impl Wal {
             return None;
         }
         let spare = self.spare.take()?;
-        match spare.handle.join() {
-            Ok(Ok(file)) => Some((file, spare.bytes)),
-            Ok(Err(e)) => {
-                log::warn!("wal: filling the next segment failed ({e}); preallocating instead");
-                None
-            }
-            Err(_) => {
-                log::warn!("wal: the thread filling the next segment panicked");
-                None
-            }
-        }
+        let failed = match spare.handle.join() {
+            Ok(Ok(file)) => return Some((file, spare.bytes)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the thread panicked".to_string(),
+        };
+        log::warn!("wal: filling the next segment failed ({failed}); preallocating instead");
+        // Its space goes back before the preallocation asks for as much again.
+        let _ = fs::remove_file(self.dir.join(SPARE_NAME));
+        None
     }
 
     /// Starts filling the next segment unless one is filling or filled already. Failing to
@@ -411,19 +430,26 @@ impl Wal {
     }
 }
 
-/// Creates the segment file at `path`, `bytes` long: filled with zeros when it is small enough
-/// to do so at once, preallocated otherwise.
-fn create_segment(path: &Path, bytes: u64) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    if bytes <= FIRST_SEGMENT_BYTES {
+/// Creates the segment file at `path`, `bytes` long. When it is small enough to fill at once
+/// and `via` is free, it is filled with zeros there and renamed into place (a crash never
+/// leaves a half-filled segment, whose unwritten blocks might hold old data on some file
+/// systems); otherwise it is preallocated.
+fn create_segment(path: &Path, bytes: u64, via: Option<&Path>) -> Result<File> {
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+    };
+    if let Some(via) = via.filter(|_| bytes <= FIRST_SEGMENT_BYTES) {
+        let file = open(via)?;
         fill_with_zeros(&file, bytes, &AtomicBool::new(false))?;
+        fs::rename(via, path)?;
         return Ok(file);
     }
+    let file = open(path)?;
     // SAFETY: fallocate on a valid, owned descriptor.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
     if rc != 0 {
@@ -447,10 +473,73 @@ fn fill_with_zeros(file: &File, bytes: u64, stop: &AtomicBool) -> std::io::Resul
         }
         let n = (bytes - at).min(FILL_CHUNK as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
-        file.sync_data()?;
+        writeback(file, at, n as u64, libc::SYNC_FILE_RANGE_WRITE)?;
+        if at > 0 {
+            let prev = at - FILL_CHUNK as u64;
+            writeback(
+                file,
+                prev,
+                FILL_CHUNK as u64,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )?;
+        }
         at += n as u64;
     }
     file.sync_all()
+}
+
+/// `sync_file_range` over `[offset, offset + len)`: starts or waits for the writeback of those
+/// pages only (it makes nothing durable; the fsync at the end of a fill does).
+fn writeback(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
+    // SAFETY: a valid open descriptor; the call touches no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            flags,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Zeros whatever follows the last batch of the last segment, if anything does: pages of a
+/// torn append whose header page never reached the disk.
+fn clear_tail(file: &File, seq: u64, from: u64, size: u64) -> Result<()> {
+    let mut chunk = vec![0u8; FILL_CHUNK];
+    let mut at = from;
+    while at < size {
+        let n = (size - at).min(FILL_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], at)?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            log::warn!(
+                "wal segment {seq:x}: leftovers of a torn append after offset {from} cleared"
+            );
+            return zero_range(file, from, size);
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes zeros over `[from, to)` of `file` and syncs it: the leftovers of a torn append, which
+/// later, shorter appends might not cover, must not read as damage once the segment is no
+/// longer the last one.
+fn zero_range(file: &File, from: u64, to: u64) -> Result<()> {
+    let zeros = vec![0u8; FILL_CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(FILL_CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_data()?;
+    Ok(())
 }
 
 /// Appends a record written by `payload`; returns its payload's offset in `buf`, length and CRC.
@@ -478,6 +567,9 @@ fn recover_segment(file: &File, seq: u64, last: bool, rec: &mut Recovered) -> Re
     while pos + BATCH_HEADER_BYTES as u64 <= size {
         file.read_exact_at(&mut header, pos)?;
         if header == [0u8; BATCH_HEADER_BYTES] {
+            if last {
+                clear_tail(file, seq, pos, size)?;
+            }
             return Ok(pos);
         }
         match read_batch(file, pos, &header, size) {
@@ -515,6 +607,7 @@ fn bad_batch(file: &File, seq: u64, pos: u64, size: u64, last: bool) -> Result<u
         log::warn!(
             "wal segment {seq:x}: torn append at offset {pos} dropped (crash during a write)"
         );
+        zero_range(file, pos, size)?;
         return Ok(pos);
     }
     Err(Error::Corrupt(format!(
