@@ -309,7 +309,6 @@ fn the_change_feed_records_every_change_in_order_and_prunes_its_window() {
     );
 }
 
-/// Puts `n` values of `len` bytes as entry `index` (one session sequence per entry).
 /// Prunes the change feed in a txn of its own.
 fn prune(sm: &StateMachine, floor: u64, max_bytes: u64) {
     let mut txn = sm.begin().unwrap();
@@ -317,6 +316,7 @@ fn prune(sm: &StateMachine, floor: u64, max_bytes: u64) {
     txn.commit().unwrap();
 }
 
+/// Puts `n` values of `len` bytes as entry `index` (one session sequence per entry).
 fn put_entry(sm: &StateMachine, index: u64, n: usize, len: usize) {
     let mut txn = sm.begin().unwrap();
     txn.begin_entry(index, true);

@@ -399,13 +399,7 @@ impl Wal {
         let path = self.dir.join(SPARE_NAME);
         // Opened here, not in the thread: a thread left over from a closed log writes only to
         // its own file, never to one a later open created under the same name.
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-        {
+        let file = match create_empty(&path) {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("wal: cannot create {}: {e}", path.display());
@@ -416,7 +410,7 @@ impl Wal {
         let flag = Arc::clone(&stop);
         let spawned = std::thread::Builder::new()
             .name("kvr-wal-fill".into())
-            .spawn(move || fill_with_zeros(&file, bytes, &flag).map(|()| file));
+            .spawn(move || write_zeros(&file, 0, bytes, &flag).map(|()| file));
         match spawned {
             Ok(handle) => {
                 self.spare = Some(Spare {
@@ -435,21 +429,13 @@ impl Wal {
 /// leaves a half-filled segment, whose unwritten blocks might hold old data on some file
 /// systems); otherwise it is preallocated.
 fn create_segment(path: &Path, bytes: u64, via: Option<&Path>) -> Result<File> {
-    let open = |p: &Path| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(p)
-    };
     if let Some(via) = via.filter(|_| bytes <= FIRST_SEGMENT_BYTES) {
-        let file = open(via)?;
-        fill_with_zeros(&file, bytes, &AtomicBool::new(false))?;
+        let file = create_empty(via)?;
+        write_zeros(&file, 0, bytes, &AtomicBool::new(false))?;
         fs::rename(via, path)?;
         return Ok(file);
     }
-    let file = open(path)?;
+    let file = create_empty(path)?;
     // SAFETY: fallocate on a valid, owned descriptor.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
     if rc != 0 {
@@ -463,18 +449,28 @@ fn create_segment(path: &Path, bytes: u64, via: Option<&Path>) -> Result<File> {
     Ok(file)
 }
 
-/// Writes `bytes` zeros to `file` and syncs it; gives up early when `stop` is set.
-fn fill_with_zeros(file: &File, bytes: u64, stop: &AtomicBool) -> std::io::Result<()> {
+/// Opens `path` for reading and writing, created empty.
+fn create_empty(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+}
+
+/// Writes zeros over `[from, to)` of `file` and syncs it; gives up early when `stop` is set.
+fn write_zeros(file: &File, from: u64, to: u64, stop: &AtomicBool) -> std::io::Result<()> {
     let zeros = vec![0u8; FILL_CHUNK];
-    let mut at = 0u64;
-    while at < bytes {
+    let mut at = from;
+    while at < to {
         if stop.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("stopped"));
         }
-        let n = (bytes - at).min(FILL_CHUNK as u64) as usize;
+        let n = (to - at).min(FILL_CHUNK as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
         writeback(file, at, n as u64, libc::SYNC_FILE_RANGE_WRITE)?;
-        if at > 0 {
+        if at > from {
             let prev = at - FILL_CHUNK as u64;
             writeback(
                 file,
@@ -509,7 +505,9 @@ fn writeback(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::io
 }
 
 /// Zeros whatever follows the last batch of the last segment, if anything does: pages of a
-/// torn append whose header page never reached the disk.
+/// torn append whose header page never reached the disk. It reads the rest of the segment
+/// (up to [`SEGMENT_BYTES`]) once per open; a torn append has no bound on its size that would
+/// allow less.
 fn clear_tail(file: &File, seq: u64, from: u64, size: u64) -> Result<()> {
     let mut chunk = vec![0u8; FILL_CHUNK];
     let mut at = from;
@@ -520,25 +518,10 @@ fn clear_tail(file: &File, seq: u64, from: u64, size: u64) -> Result<()> {
             log::warn!(
                 "wal segment {seq:x}: leftovers of a torn append after offset {from} cleared"
             );
-            return zero_range(file, from, size);
+            return Ok(write_zeros(file, from, size, &AtomicBool::new(false))?);
         }
         at += n as u64;
     }
-    Ok(())
-}
-
-/// Writes zeros over `[from, to)` of `file` and syncs it: the leftovers of a torn append, which
-/// later, shorter appends might not cover, must not read as damage once the segment is no
-/// longer the last one.
-fn zero_range(file: &File, from: u64, to: u64) -> Result<()> {
-    let zeros = vec![0u8; FILL_CHUNK];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(FILL_CHUNK as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    file.sync_data()?;
     Ok(())
 }
 
@@ -607,7 +590,8 @@ fn bad_batch(file: &File, seq: u64, pos: u64, size: u64, last: bool) -> Result<u
         log::warn!(
             "wal segment {seq:x}: torn append at offset {pos} dropped (crash during a write)"
         );
-        zero_range(file, pos, size)?;
+        // Whatever of it reached the disk goes: a later, shorter append might not cover it.
+        write_zeros(file, pos, size, &AtomicBool::new(false))?;
         return Ok(pos);
     }
     Err(Error::Corrupt(format!(
