@@ -196,15 +196,20 @@ impl Applier {
                     ApplyTask::Flush => {}
                     ApplyTask::Shutdown => next = Some(Next::Stop),
                 }
-                // A backlog (a follower catching up) is committed as it goes, within the same
-                // bounds, and a reader waiting meanwhile is not kept behind all of it.
-                if next.is_some() || txn.as_ref().is_some_and(|t| self.must_commit(&held, t)) {
+                // A backlog (a follower catching up, or entries answered at commit faster
+                // than they are applied) is committed as it goes, within the same bounds, and
+                // a reader waiting meanwhile is not kept behind all of it.
+                if next.is_some()
+                    || txn
+                        .as_ref()
+                        .is_some_and(|t| self.must_commit(&held, t, false))
+                {
                     break;
                 }
                 task = self.rx.try_recv().ok();
             }
             if let Some(t) = txn.take() {
-                if next.is_some() || self.must_commit(&held, &t) {
+                if next.is_some() || self.must_commit(&held, &t, true) {
                     self.commit(t, &mut held)?;
                 } else {
                     txn = Some(t);
@@ -278,14 +283,21 @@ impl Applier {
         }
     }
 
-    /// True when the open txn is to be committed now.
-    fn must_commit(&self, held: &Held, txn: &ApplyTxn<'_>) -> bool {
+    /// True when the open txn is to be committed now; `drained` when nothing more is queued
+    /// to be applied in it first.
+    ///
+    /// A caller waiting for the state machine to reach `flush_to` is served by one commit
+    /// once the txn reaches that index, not by a commit (and an fsync) after every queued
+    /// batch on the way there: when writes are answered at Raft commit, the apply thread can
+    /// be many batches behind the writer that then reads.
+    fn must_commit(&self, held: &Held, txn: &ApplyTxn<'_>, drained: bool) -> bool {
         let applied = txn.applied();
+        let flush_to = self.shared.flush_to.load(Ordering::Acquire);
         held.membership
             || held.entries.len() >= BATCH_ENTRIES_MAX
             || 2 * held.bytes + txn.writes() * PAGE_BYTES >= HOLD_DIRTY_MAX
             || held.since.is_some_and(|s| s.elapsed() >= self.hold())
-            || self.shared.flush_to.load(Ordering::Acquire) > self.applied
+            || (flush_to > self.applied && (drained || applied >= flush_to))
             || self
                 .reads
                 .first_key_value()

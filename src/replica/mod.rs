@@ -671,3 +671,6 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
         .map_err(|e| Error::Io(format!("cannot read /dev/urandom: {e}")))?;
     Ok(b)
 }
+
+#[cfg(test)]
+mod tests;
