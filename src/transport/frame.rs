@@ -32,7 +32,8 @@ pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Appends a frame whose payload is written by `write` straight into `out` (no copy).
+/// Appends a frame whose payload is written by `write` straight into `out` (no copy); on an
+/// error `out` is left as it was.
 pub fn put_frame_with<E>(
     out: &mut Vec<u8>,
     kind: u8,
@@ -40,7 +41,10 @@ pub fn put_frame_with<E>(
 ) -> Result<(), E> {
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, kind]);
-    write(out)?;
+    if let Err(e) = write(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())

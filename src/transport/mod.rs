@@ -80,6 +80,8 @@ pub struct TransportStats {
     pub dropped: AtomicU64,
     /// Messages written to sockets.
     pub sent: AtomicU64,
+    /// Of those, messages the raft thread wrote itself (the rest went through writer threads).
+    pub sent_direct: AtomicU64,
     /// Messages received and handed to raft.
     pub received: AtomicU64,
     /// Connections refused during the handshake (either side).
@@ -162,25 +164,34 @@ impl Transport {
 
     /// Queues messages to their peers without blocking.
     pub fn send(&mut self, msgs: Vec<Message>) {
+        // Grouped by peer, in order, so that each peer's messages of a Ready go out together.
+        let mut groups: Vec<(u64, Vec<Message>)> = Vec::new();
         for m in msgs {
-            let to = m.to;
-            let is_snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
-            let queued = match self.peers.get(&to) {
-                Some(p) => p.try_send(m),
+            match groups.iter_mut().find(|(to, _)| *to == m.to) {
+                Some((_, g)) => g.push(m),
+                None => groups.push((m.to, vec![m])),
+            }
+        }
+        for (to, group) in groups {
+            let dropped = match self.peers.get_mut(&to) {
+                Some(p) => p.send(group),
                 None => {
                     log::debug!(
-                        "node {}: no address for node {to}, dropping a message",
-                        self.cfg.node_id
+                        "node {}: no address for node {to}, dropping {} messages",
+                        self.cfg.node_id,
+                        group.len()
                     );
-                    if is_snapshot {
-                        self.host.outgoing_snapshot(m.get_snapshot());
+                    for m in &group {
+                        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                            self.host.outgoing_snapshot(m.get_snapshot());
+                        }
                     }
-                    false
+                    group
                 }
             };
-            if !queued {
+            for m in dropped {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                if is_snapshot {
+                if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
                     self.host.snapshot_sent(to, false);
                 }
             }

@@ -1,10 +1,16 @@
 //! One writer thread per peer: bounded queue in, coalesced frames out, reconnect with backoff.
 //! Snapshot messages are handed to a snapshot thread with a connection of its own.
+//!
+//! Small messages skip the queue when nothing is queued ahead of them: the raft thread writes
+//! them to the socket itself, without blocking (see [`PeerWriter::send`]), which saves the
+//! writer thread's wake-up on every round trip. Whatever the socket does not take at once is
+//! left to the writer thread, which writes it before anything else.
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,10 +32,26 @@ const BACKOFF_MIN_MS: u64 = 20;
 const BACKOFF_MAX_MS: u64 = 1000;
 /// Time allowed for connect and handshake, and for a blocked write (peer stopped reading).
 const IO_TIMEOUT: Duration = Duration::from_millis(2000);
+/// Largest group of messages the raft thread writes to the socket itself; larger ones (a
+/// follower catching up) go through the writer thread, so the raft thread never spends long
+/// copying into a socket.
+const DIRECT_BYTES_MAX: usize = 64 << 10;
 
 enum Cmd {
     Msg(Message),
+    /// Bytes were left in [`Link::rest`].
+    Flush,
     Stop,
+}
+
+/// The connection, shared by the writer thread and the raft thread. Whoever writes to the
+/// socket holds the lock for the whole write, so frames never interleave.
+#[derive(Default)]
+struct Link {
+    conn: Option<TcpStream>,
+    /// The part of a direct write the socket did not take at once; written before anything
+    /// else, and dropped with the connection it belongs to.
+    rest: Vec<u8>,
 }
 
 /// Handle of a peer's writer thread.
@@ -38,6 +60,12 @@ pub struct PeerWriter {
     addr: Arc<Mutex<String>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    link: Arc<Mutex<Link>>,
+    /// Messages handed to the writer thread and not yet written or dropped by it.
+    queued: Arc<AtomicUsize>,
+    stats: Arc<TransportStats>,
+    /// Frames of a direct write.
+    buf: Vec<u8>,
 }
 
 impl PeerWriter {
@@ -52,15 +80,18 @@ impl PeerWriter {
         let (tx, rx) = channel::bounded(PEER_QUEUE_LEN);
         let addr = Arc::new(Mutex::new(addr));
         let stop = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Mutex::new(Link::default()));
+        let queued = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             peer: id,
             addr: addr.clone(),
             cfg: cfg.clone(),
             rx,
             host,
-            stats,
+            stats: stats.clone(),
             stop: stop.clone(),
-            conn: None,
+            link: link.clone(),
+            queued: queued.clone(),
             backoff_ms: BACKOFF_MIN_MS,
             retry_at: Instant::now(),
             last_error: String::new(),
@@ -76,15 +107,80 @@ impl PeerWriter {
             addr,
             stop,
             handle: Some(handle),
+            link,
+            queued,
+            stats,
+            buf: Vec::new(),
         }
     }
 
-    /// Queues a message; false when the queue is full (the message is dropped).
-    pub fn try_send(&self, m: Message) -> bool {
-        match self.tx.try_send(Cmd::Msg(m)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+    /// Sends `msgs`, all to this peer, in order and without blocking. When nothing is queued
+    /// ahead of them, they are small and the connection is up and free, they are written to
+    /// the socket here (what it does not take at once goes to the writer thread); otherwise
+    /// they are queued. Returns the messages dropped because the queue was full.
+    pub fn send(&mut self, msgs: Vec<Message>) -> Vec<Message> {
+        if msgs.is_empty() || self.write_now(&msgs) {
+            return Vec::new();
         }
+        let mut dropped = Vec::new();
+        for m in msgs {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            if let Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) =
+                self.tx.try_send(Cmd::Msg(m))
+            {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                if let Cmd::Msg(m) = c {
+                    dropped.push(m);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Writes `msgs` to the socket from this thread if that cannot block or reorder them.
+    /// True when they are written, or handed to the writer thread as bytes.
+    fn write_now(&mut self, msgs: &[Message]) -> bool {
+        let small = msgs.iter().all(|m| {
+            m.get_msg_type() != MessageType::MsgSnapshot
+                && m.entries.iter().map(|e| e.data.len() + 32).sum::<usize>() < DIRECT_BYTES_MAX
+        });
+        if !small || self.queued.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let mut link = match self.link.try_lock() {
+            Ok(l) => l,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        // Checked again under the lock: the writer thread counts a message as written only
+        // once it is, while holding it.
+        if self.queued.load(Ordering::Acquire) > 0 || !link.rest.is_empty() {
+            return false;
+        }
+        let Some(conn) = link.conn.as_ref() else {
+            return false;
+        };
+        self.buf.clear();
+        for m in msgs {
+            if frame::put_frame_with(&mut self.buf, KIND_RAFT, |b| m.write_to_vec(b)).is_err() {
+                return false;
+            }
+        }
+        if self.buf.len() > DIRECT_BYTES_MAX {
+            return false;
+        }
+        let taken = send_nonblocking(conn, &self.buf);
+        let n = msgs.len() as u64;
+        self.stats.sent.fetch_add(n, Ordering::Relaxed);
+        self.stats.sent_direct.fetch_add(n, Ordering::Relaxed);
+        if taken < self.buf.len() {
+            // The socket is full or broken: the writer thread writes the rest, or finds the
+            // connection failed and drops it (raft sends again).
+            link.rest.extend_from_slice(&self.buf[taken..]);
+            drop(link);
+            let _ = self.tx.try_send(Cmd::Flush);
+        }
+        true
     }
 
     /// Changes the address used from the next connection on.
@@ -121,8 +217,35 @@ impl Drop for PeerWriter {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes as much of `buf` as the socket takes without blocking; returns how much that was
+/// (less than all when its send buffer is full, or on an error the writer thread will meet).
+fn send_nonblocking(conn: &TcpStream, buf: &[u8]) -> usize {
+    let mut off = 0;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        // SAFETY: `rest` is valid for reads of its length; the fd is open while `conn` is.
+        let n = unsafe {
+            libc::send(
+                conn.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            off += n as usize;
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
+            continue;
+        } else {
+            break;
+        }
+    }
+    off
 }
 
 struct Worker {
@@ -133,7 +256,8 @@ struct Worker {
     host: Arc<dyn Host>,
     stats: Arc<TransportStats>,
     stop: Arc<AtomicBool>,
-    conn: Option<TcpStream>,
+    link: Arc<Mutex<Link>>,
+    queued: Arc<AtomicUsize>,
     backoff_ms: u64,
     retry_at: Instant,
     last_error: String,
@@ -144,16 +268,17 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         loop {
-            let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(Cmd::Msg(m)) => m,
+            let mut batch = Vec::new();
+            match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Cmd::Msg(m)) => batch.push(m),
+                Ok(Cmd::Flush) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => continue,
-            };
-            let mut batch = vec![first];
+            }
             let mut stop = false;
             while batch.len() < WRITE_BATCH_MSGS_MAX {
                 match self.rx.try_recv() {
                     Ok(Cmd::Msg(m)) => batch.push(m),
+                    Ok(Cmd::Flush) => {}
                     Ok(Cmd::Stop) => {
                         stop = true;
                         break;
@@ -161,17 +286,18 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            let mut snapshots = 0;
             batch.retain_mut(|m| {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     self.start_snapshot(std::mem::take(m));
+                    snapshots += 1;
                     false
                 } else {
                     true
                 }
             });
-            if !batch.is_empty() {
-                self.deliver(batch);
-            }
+            self.queued.fetch_sub(snapshots, Ordering::AcqRel);
+            self.deliver(batch);
             if stop {
                 break;
             }
@@ -182,12 +308,41 @@ impl Worker {
         }
     }
 
+    /// Writes what a direct write left over, then `batch`, on the connection (connecting
+    /// first if needed). Each message of `batch` stops counting as queued once it is written
+    /// or dropped, with the connection's lock held.
     fn deliver(&mut self, batch: Vec<Message>) {
-        if self.conn.is_none() && !self.connect() {
-            self.stats
-                .dropped
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            return;
+        let shared = self.link.clone();
+        let mut link = lock(&shared);
+        if link.conn.is_none() {
+            if batch.is_empty() {
+                return;
+            }
+            drop(link);
+            let conn = self.connect();
+            link = lock(&shared);
+            match conn {
+                Some(c) => {
+                    link.conn = Some(c);
+                    link.rest.clear();
+                }
+                None => {
+                    self.dropped(batch.len());
+                    return;
+                }
+            }
+        }
+        if !link.rest.is_empty() {
+            let rest = std::mem::take(&mut link.rest);
+            let conn = link.conn.as_mut().expect("connected above");
+            if let Err(e) = conn.write_all(&rest) {
+                self.fail(
+                    &mut link,
+                    format!("write to node {} failed: {e}", self.peer),
+                );
+                self.dropped(batch.len());
+                return;
+            }
         }
         let mut i = 0;
         while i < batch.len() {
@@ -206,18 +361,26 @@ impl Worker {
                 }
                 i += 1;
             }
-            let conn = self.conn.as_mut().expect("connected above");
+            let conn = link.conn.as_mut().expect("connected above");
             if let Err(e) = conn.write_all(&self.buf) {
-                self.fail(format!("write to node {} failed: {e}", self.peer));
-                self.stats
-                    .dropped
-                    .fetch_add((batch.len() - start) as u64, Ordering::Relaxed);
+                self.fail(
+                    &mut link,
+                    format!("write to node {} failed: {e}", self.peer),
+                );
+                self.dropped(batch.len() - start);
                 return;
             }
             self.stats
                 .sent
                 .fetch_add((i - start) as u64, Ordering::Relaxed);
+            self.queued.fetch_sub(i - start, Ordering::AcqRel);
         }
+    }
+
+    /// Counts `n` queued messages as dropped.
+    fn dropped(&self, n: usize) {
+        self.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        self.queued.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Sends a snapshot on a thread and connection of its own; one at a time per peer.
@@ -270,21 +433,21 @@ impl Worker {
         }
     }
 
-    /// Connects and handshakes, unless still backing off. True when connected.
-    fn connect(&mut self) -> bool {
+    /// Connects and handshakes, unless still backing off.
+    fn connect(&mut self) -> Option<TcpStream> {
         if Instant::now() < self.retry_at {
-            return false;
+            return None;
         }
         let addr = lock(&self.addr).clone();
         match super::dial(&self.cfg, self.host.as_ref(), self.peer, &addr, IO_TIMEOUT) {
             Ok(s) => {
                 // Nothing is read after the handshake; a dead peer shows up as a failed write.
                 if let Err(e) = s.set_read_timeout(None) {
-                    self.fail(format!(
+                    self.failed(format!(
                         "cannot configure connection to node {}: {e}",
                         self.peer
                     ));
-                    return false;
+                    return None;
                 }
                 if !self.last_error.is_empty() {
                     log::info!(
@@ -293,29 +456,166 @@ impl Worker {
                         self.peer
                     );
                 }
-                self.conn = Some(s);
                 self.backoff_ms = BACKOFF_MIN_MS;
                 self.last_error.clear();
-                true
+                Some(s)
             }
             Err(e) => {
                 if matches!(e, Error::Refused(_) | Error::Removed) {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 }
-                self.fail(format!("cannot reach node {} at {addr}: {e}", self.peer));
-                false
+                self.failed(format!("cannot reach node {} at {addr}: {e}", self.peer));
+                None
             }
         }
     }
 
-    fn fail(&mut self, msg: String) {
+    /// Drops the connection (and what was left to write on it) after a failed write.
+    fn fail(&mut self, link: &mut Link, msg: String) {
+        link.conn = None;
+        link.rest.clear();
+        self.failed(msg);
+    }
+
+    /// Reports a failure to connect or write and backs off before the next attempt.
+    fn failed(&mut self, msg: String) {
         if msg != self.last_error {
             log::warn!("node {}: {msg}", self.cfg.node_id);
             self.last_error = msg;
         }
-        self.conn = None;
         self.retry_at = Instant::now() + Duration::from_millis(self.backoff_ms);
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
         self.host.unreachable(self.peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use raft::eraftpb::Entry;
+
+    use super::*;
+    use crate::error::Result;
+    use crate::storage::snapshot::{Outgoing, Stage, Staged};
+    use crate::transport::handshake::{Ack, ACK_OK};
+
+    struct NoHost;
+
+    impl Host for NoHost {
+        fn deliver(&self, _: Message) -> bool {
+            true
+        }
+        fn deliver_snapshot(&self, _: Message, _: Staged) -> bool {
+            false
+        }
+        fn stage_snapshot(&self, _: u64, _: u64, _: u64) -> Result<Stage> {
+            Err(Error::Io("no snapshots here".into()))
+        }
+        fn outgoing_snapshot(&self, _: &raft::eraftpb::Snapshot) -> Option<Outgoing> {
+            None
+        }
+        fn snapshot_sent(&self, _: u64, _: bool) {}
+        fn unreachable(&self, _: u64) {}
+        fn check_peer(&self, _: u64, _: u64, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn refused(&self, _: u64, _: &Error) {}
+    }
+
+    fn append(index: u64, bytes: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = 2;
+        m.from = 1;
+        m.index = index;
+        m.entries = vec![Entry {
+            index,
+            data: vec![(index % 251) as u8; bytes].into(),
+            ..Default::default()
+        }]
+        .into();
+        m
+    }
+
+    /// A peer that stops reading fills its socket: the raft thread's direct writes stop part
+    /// way through a frame, the writer thread writes the rest before anything queued after
+    /// it, direct writes resume only once the queue is empty, and every message arrives
+    /// whole and in order while messages keep coming before, during and after the stall.
+    #[test]
+    fn messages_arrive_whole_and_in_order_when_the_peer_stops_reading_for_a_while() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cfg = Arc::new(TransportConfig {
+            node_id: 1,
+            cluster_id: 9,
+            incarnation: 1,
+            advertise: "127.0.0.1:1".into(),
+            frame_bytes_max: 64 << 20,
+            secret: None,
+        });
+        let stats = Arc::new(TransportStats::default());
+        let mut w = PeerWriter::spawn(2, addr, cfg, Arc::new(NoHost), stats.clone());
+
+        const MESSAGES: u64 = 3000;
+        const BYTES: usize = 12 << 10;
+        // The first message connects (through the writer thread).
+        assert!(w.send(vec![append(1, BYTES)]).is_empty());
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        let kind = frame::read_frame(&mut peer, 4096, &mut buf).unwrap();
+        assert_eq!(kind, frame::KIND_HELLO);
+        let ack = Ack {
+            status: ACK_OK,
+            incarnation: 1,
+            reason: String::new(),
+        };
+        let mut out = Vec::new();
+        frame::put_frame(&mut out, frame::KIND_HELLO_ACK, &ack.encode());
+        peer.write_all(&out).unwrap();
+        let reader = thread::spawn(move || {
+            // Reads nothing for a while, then everything.
+            thread::sleep(Duration::from_millis(300));
+            peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut stream = std::io::BufReader::new(peer);
+            let mut buf = Vec::new();
+            for i in 1..=MESSAGES {
+                let kind = frame::read_frame(&mut stream, 64 << 20, &mut buf)
+                    .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+                assert_eq!(kind, KIND_RAFT);
+                let m = Message::parse_from_bytes(&buf).unwrap();
+                assert_eq!(m.index, i, "messages out of order");
+                assert_eq!(m.entries[0].data.len(), BYTES);
+                assert!(m.entries[0].data.iter().all(|b| *b == (i % 251) as u8));
+            }
+            let mut tail = Vec::new();
+            stream.read_to_end(&mut tail).unwrap();
+            tail.len()
+        });
+
+        // Groups of one and of two messages, as Readies have them, for about 600 ms.
+        let mut i = 2;
+        let mut left_over = false;
+        while i <= MESSAGES {
+            let n = if i % 3 == 0 { 2 } else { 1 }.min(MESSAGES + 1 - i);
+            let group = (i..i + n).map(|j| append(j, BYTES)).collect();
+            assert!(w.send(group).is_empty(), "message {i} was dropped");
+            i += n;
+            // Seen once the socket is full: the writer thread is blocked writing (holding
+            // the link), or has work queued.
+            left_over |= w.queued.load(Ordering::Acquire) > 0
+                || w.link.try_lock().map_or(true, |l| !l.rest.is_empty());
+            thread::sleep(Duration::from_micros(200));
+        }
+        w.stop();
+        assert_eq!(reader.join().unwrap(), 0, "bytes after the last frame");
+        assert!(left_over, "the peer's socket never filled");
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        let direct = stats.sent_direct.load(Ordering::Relaxed);
+        assert!(
+            direct > 0 && direct < MESSAGES,
+            "{direct} of {MESSAGES} messages written directly"
+        );
     }
 }
