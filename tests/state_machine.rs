@@ -414,3 +414,42 @@ fn ttl_change_keep_preserves_the_deadline() {
     txn.commit().unwrap();
     assert_eq!(sm.due_keys(50, 10).unwrap(), vec![(b"k".to_vec(), 50)]);
 }
+
+/// The apply thread commits once its txn may have dirtied too much memory. A txn that rewrites
+/// the same keys over and over dirties no more pages than those keys sit on, so the estimate
+/// stops at the pages the tables held when it began (rather than one page per write, which
+/// made a busy replica commit, and rewrite its whole table, several times a second).
+#[test]
+fn the_dirty_page_estimate_stops_at_the_pages_the_tables_hold() {
+    let (_d, sm) = sm();
+    let key = |i: u32| format!("key-{i:05}").into_bytes();
+    let mut txn = sm.begin().unwrap();
+    for i in 0..2000 {
+        txn.put(&key(i), &[1u8; 100], TtlChange::Keep).unwrap();
+    }
+    // New data is counted by its bytes, not here: an empty table has no pages to dirty.
+    assert_eq!(txn.pages_touched_max(), 0);
+    txn.set_applied(1, 1);
+    txn.commit().unwrap();
+
+    let mut txn = sm.begin().unwrap();
+    for i in 0..30 {
+        txn.put(&key(i), &[2u8; 100], TtlChange::Keep).unwrap();
+    }
+    assert_eq!(
+        txn.pages_touched_max(),
+        30,
+        "one page per key while that is fewer"
+    );
+    for round in 0..25u8 {
+        for i in 0..2000 {
+            txn.put(&key(i), &[round; 100], TtlChange::Keep).unwrap();
+        }
+    }
+    // 2000 entries of ~120 bytes fill 60 to 120 pages of 4 KiB (and a branch page or two).
+    let touched = txn.pages_touched_max();
+    assert!(
+        (55..=130).contains(&touched),
+        "50 030 writes over 2000 keys estimated at {touched} pages"
+    );
+}

@@ -40,7 +40,9 @@ const HOLD_MAX: Duration = Duration::from_secs(1);
 /// always waiting sees each change within this, and costs the disk a commit per interval.
 const HOLD_WATCHED: Duration = Duration::from_millis(10);
 /// Most memory the open txn may dirty before it is committed, estimated as one page per key
-/// written plus the entries' bytes twice (values land in the data pages and in the change feed).
+/// written, up to the number of pages the keyed tables had (a hot key set is rewritten in place
+/// however often it is written), plus the entries' bytes twice (new data lands in the data
+/// pages and in the change feed).
 const HOLD_DIRTY_MAX: u64 = 64 << 20;
 /// LMDB page size assumed by that estimate.
 const PAGE_BYTES: u64 = 4096;
@@ -295,7 +297,7 @@ impl Applier {
         let flush_to = self.shared.flush_to.load(Ordering::Acquire);
         held.membership
             || held.entries.len() >= BATCH_ENTRIES_MAX
-            || 2 * held.bytes + txn.writes() * PAGE_BYTES >= HOLD_DIRTY_MAX
+            || 2 * held.bytes + txn.pages_touched_max() * PAGE_BYTES >= HOLD_DIRTY_MAX
             || held.since.is_some_and(|s| s.elapsed() >= self.hold())
             || (flush_to > self.applied && (drained || applied >= flush_to))
             || self

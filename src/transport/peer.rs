@@ -577,7 +577,8 @@ mod tests {
         let reader = thread::spawn(move || {
             // Reads nothing for a while, then everything.
             thread::sleep(Duration::from_millis(300));
-            peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            peer.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let mut stream = std::io::BufReader::new(peer);
             let mut buf = Vec::new();
             for i in 1..=MESSAGES {

@@ -43,12 +43,20 @@ pub struct ApplyTxn<'a> {
     changes_bytes: Option<u64>,
     /// Keys written or removed in this txn (each may dirty a page of its own).
     writes: u64,
+    /// Pages of the keyed tables (keys, deadlines, expiry index) when the txn began: however
+    /// many keys it writes, it cannot dirty more of their existing pages than that.
+    pages: u64,
 }
 
 impl<'a> ApplyTxn<'a> {
     pub(super) fn begin(sm: &'a StateMachine) -> Result<ApplyTxn<'a>> {
         let txn = sm.env.write_txn()?;
         let (applied, applied_term) = sm.applied_at(&txn)?;
+        let mut pages = 0;
+        for db in [&sm.kv, &sm.ttl, &sm.expiry] {
+            let st = db.stat(&txn)?;
+            pages += (st.branch_pages + st.leaf_pages + st.overflow_pages) as u64;
+        }
         Ok(ApplyTxn {
             sm,
             txn,
@@ -58,6 +66,7 @@ impl<'a> ApplyTxn<'a> {
             record_changes: false,
             changes_bytes: None,
             writes: 0,
+            pages,
         })
     }
 
@@ -66,9 +75,11 @@ impl<'a> ApplyTxn<'a> {
         self.applied
     }
 
-    /// Keys written or removed in this txn so far.
-    pub fn writes(&self) -> u64 {
-        self.writes
+    /// Existing pages of the keyed tables this txn may have dirtied so far, at most: one per
+    /// key written or removed, and no more than the tables had. Pages added by new data are
+    /// not counted here.
+    pub fn pages_touched_max(&self) -> u64 {
+        self.writes.min(self.pages)
     }
 
     /// Starts recording changes for entry `index` (or stops, when `record` is false).
