@@ -5,7 +5,8 @@
 //! - [`peer::PeerWriter`]: one writer thread per peer with a bounded queue. The raft thread
 //!   never blocks on a peer: when a queue is full the message is dropped and Raft retransmits.
 //!   The writer coalesces whatever is queued into one `write`, and reconnects with capped
-//!   exponential backoff.
+//!   exponential backoff. Small messages with nothing queued ahead of them are written by the
+//!   raft thread itself, without blocking, which saves a thread wake-up per hop.
 //! - Snapshots travel on a connection of their own ([`snapshot`]), so that heartbeats and
 //!   appends keep flowing while a large state is streamed.
 //!
