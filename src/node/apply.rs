@@ -42,8 +42,11 @@ const HOLD_WATCHED: Duration = Duration::from_millis(10);
 /// Most memory the open txn may dirty before it is committed, estimated as one page per key
 /// written, up to the number of pages the keyed tables had (a hot key set is rewritten in place
 /// however often it is written), plus the entries' bytes twice (new data lands in the data
-/// pages and in the change feed).
+/// pages and in the change feed) and [`WRITE_OVERHEAD_BYTES`] per key written.
 const HOLD_DIRTY_MAX: u64 = 64 << 20;
+/// What a key written costs beyond its bytes in that estimate: node headers, its deadline
+/// entries, and the unused part of pages split by new keys.
+const WRITE_OVERHEAD_BYTES: u64 = 128;
 /// LMDB page size assumed by that estimate.
 const PAGE_BYTES: u64 = 4096;
 /// Attempts at committing a batch before the replica fails closed.
@@ -297,7 +300,10 @@ impl Applier {
         let flush_to = self.shared.flush_to.load(Ordering::Acquire);
         held.membership
             || held.entries.len() >= BATCH_ENTRIES_MAX
-            || 2 * held.bytes + txn.pages_touched_max() * PAGE_BYTES >= HOLD_DIRTY_MAX
+            || 2 * held.bytes
+                + txn.writes() * WRITE_OVERHEAD_BYTES
+                + txn.pages_touched_max() * PAGE_BYTES
+                >= HOLD_DIRTY_MAX
             || held.since.is_some_and(|s| s.elapsed() >= self.hold())
             || (flush_to > self.applied && (drained || applied >= flush_to))
             || self

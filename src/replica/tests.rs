@@ -30,9 +30,11 @@ fn a_read_behind_a_backlog_of_answered_writes_costs_one_state_machine_commit() {
     };
     let applier = Applier::new(shared.clone(), rx, applied, settings);
 
+    // The reader waits for the first 50; 20 more are queued behind them.
     const BATCHES: u64 = 50;
+    const BEHIND: u64 = 20;
     let value = vec![7u8; 1024];
-    for i in 1..=BATCHES {
+    for i in 1..=BATCHES + BEHIND {
         let key = format!("k{i}");
         let cmd = Command {
             client_id: 7,
@@ -68,16 +70,25 @@ fn a_read_behind_a_backlog_of_answered_writes_costs_one_state_machine_commit() {
             Duration::from_millis(100),
         );
     }
+    // Committed at the requested index: neither batch by batch, nor only once the queue ran
+    // dry (the rest is held, as nobody waits for it).
     let commits = shared.apply_batches.load(Ordering::Relaxed);
+    let visible = shared.applied_index.load(Ordering::Acquire);
     tx.send(ApplyTask::Shutdown).unwrap();
     apply.join().unwrap();
     assert_eq!(
-        commits, 1,
+        (commits, visible),
+        (1, last),
         "{BATCHES} queued batches reached the requested index in {commits} commits"
+    );
+    assert_eq!(
+        shared.applied_index.load(Ordering::Acquire),
+        last + BEHIND,
+        "the rest is committed at shutdown"
     );
     let sm = shared.state_machine().unwrap();
     assert_eq!(
-        sm.get(b"k50", now_ms()).unwrap().as_deref(),
+        sm.get(b"k70", now_ms()).unwrap().as_deref(),
         Some(&value[..])
     );
 }

@@ -52,6 +52,8 @@ struct Link {
     /// The part of a direct write the socket did not take at once; written before anything
     /// else, and dropped with the connection it belongs to.
     rest: Vec<u8>,
+    /// Messages whose frames end in `rest` (counted as sent or dropped with it).
+    rest_msgs: usize,
 }
 
 /// Handle of a peer's writer thread.
@@ -140,10 +142,14 @@ impl PeerWriter {
     /// Writes `msgs` to the socket from this thread if that cannot block or reorder them.
     /// True when they are written, or handed to the writer thread as bytes.
     fn write_now(&mut self, msgs: &[Message]) -> bool {
-        let small = msgs.iter().all(|m| {
-            m.get_msg_type() != MessageType::MsgSnapshot
-                && m.entries.iter().map(|e| e.data.len() + 32).sum::<usize>() < DIRECT_BYTES_MAX
-        });
+        let small = msgs
+            .iter()
+            .map(|m| match m.get_msg_type() {
+                MessageType::MsgSnapshot => DIRECT_BYTES_MAX,
+                _ => 64 + m.entries.iter().map(|e| e.data.len() + 32).sum::<usize>(),
+            })
+            .sum::<usize>()
+            < DIRECT_BYTES_MAX;
         if !small || self.queued.load(Ordering::Acquire) > 0 {
             return false;
         }
@@ -171,12 +177,14 @@ impl PeerWriter {
         }
         let taken = send_nonblocking(conn, &self.buf);
         let n = msgs.len() as u64;
-        self.stats.sent.fetch_add(n, Ordering::Relaxed);
         self.stats.sent_direct.fetch_add(n, Ordering::Relaxed);
-        if taken < self.buf.len() {
+        if taken == self.buf.len() {
+            self.stats.sent.fetch_add(n, Ordering::Relaxed);
+        } else {
             // The socket is full or broken: the writer thread writes the rest, or finds the
             // connection failed and drops it (raft sends again).
             link.rest.extend_from_slice(&self.buf[taken..]);
+            link.rest_msgs = msgs.len();
             drop(link);
             let _ = self.tx.try_send(Cmd::Flush);
         }
@@ -336,6 +344,7 @@ impl Worker {
             let rest = std::mem::take(&mut link.rest);
             let conn = link.conn.as_mut().expect("connected above");
             if let Err(e) = conn.write_all(&rest) {
+                // Counts the leftover's messages as dropped.
                 self.fail(
                     &mut link,
                     format!("write to node {} failed: {e}", self.peer),
@@ -343,6 +352,8 @@ impl Worker {
                 self.dropped(batch.len());
                 return;
             }
+            let n = std::mem::take(&mut link.rest_msgs) as u64;
+            self.stats.sent.fetch_add(n, Ordering::Relaxed);
         }
         let mut i = 0;
         while i < batch.len() {
@@ -470,10 +481,13 @@ impl Worker {
         }
     }
 
-    /// Drops the connection (and what was left to write on it) after a failed write.
+    /// Drops the connection (and what was left to write on it, counted as dropped) after a
+    /// failed write.
     fn fail(&mut self, link: &mut Link, msg: String) {
         link.conn = None;
         link.rest.clear();
+        let n = std::mem::take(&mut link.rest_msgs) as u64;
+        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
         self.failed(msg);
     }
 
@@ -539,30 +553,26 @@ mod tests {
         m
     }
 
-    /// A peer that stops reading fills its socket: the raft thread's direct writes stop part
-    /// way through a frame, the writer thread writes the rest before anything queued after
-    /// it, direct writes resume only once the queue is empty, and every message arrives
-    /// whole and in order while messages keep coming before, during and after the stall.
-    #[test]
-    fn messages_arrive_whole_and_in_order_when_the_peer_stops_reading_for_a_while() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let cfg = Arc::new(TransportConfig {
+    fn config() -> Arc<TransportConfig> {
+        Arc::new(TransportConfig {
             node_id: 1,
             cluster_id: 9,
             incarnation: 1,
             advertise: "127.0.0.1:1".into(),
             frame_bytes_max: 64 << 20,
             secret: None,
-        });
-        let stats = Arc::new(TransportStats::default());
-        let mut w = PeerWriter::spawn(2, addr, cfg, Arc::new(NoHost), stats.clone());
+        })
+    }
 
-        const MESSAGES: u64 = 3000;
-        const BYTES: usize = 12 << 10;
-        // The first message connects (through the writer thread).
-        assert!(w.send(vec![append(1, BYTES)]).is_empty());
-        let (mut peer, _) = listener.accept().unwrap();
+    /// Accepts the writer's connection and answers its handshake.
+    fn accept(listener: &TcpListener) -> TcpStream {
+        let (peer, _) = listener.accept().unwrap();
+        handshake(peer)
+    }
+
+    /// Answers the handshake of a connection just accepted.
+    fn handshake(mut peer: TcpStream) -> TcpStream {
+        peer.set_nonblocking(false).unwrap();
         let mut buf = Vec::new();
         let kind = frame::read_frame(&mut peer, 4096, &mut buf).unwrap();
         assert_eq!(kind, frame::KIND_HELLO);
@@ -574,6 +584,54 @@ mod tests {
         let mut out = Vec::new();
         frame::put_frame(&mut out, frame::KIND_HELLO_ACK, &ack.encode());
         peer.write_all(&out).unwrap();
+        peer
+    }
+
+    /// Waits until `n` messages are written and nothing is queued.
+    fn wait_sent(w: &PeerWriter, stats: &TransportStats, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.sent.load(Ordering::Relaxed) < n || w.queued.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < deadline, "messages were not sent");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// True when the writer thread has a direct write's leftover or queued messages to
+    /// write, as it has once the socket is full.
+    fn backed_up(w: &PeerWriter) -> bool {
+        w.queued.load(Ordering::Acquire) > 0 || w.link.try_lock().is_ok_and(|l| !l.rest.is_empty())
+    }
+
+    /// Reads one raft frame and checks it is message `index`, whole.
+    fn read_append(stream: &mut impl Read, buf: &mut Vec<u8>, bytes: usize) -> u64 {
+        let kind = frame::read_frame(stream, 64 << 20, buf).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kind, KIND_RAFT);
+        let m = Message::parse_from_bytes(buf).expect("a whole raft message");
+        assert_eq!(m.entries[0].data.len(), bytes);
+        assert!(m.entries[0]
+            .data
+            .iter()
+            .all(|b| *b == (m.index % 251) as u8));
+        m.index
+    }
+
+    /// A peer that stops reading fills its socket: the raft thread's direct writes stop part
+    /// way through a frame, the writer thread writes the rest before anything queued after
+    /// it, direct writes resume only once the queue is empty, and every message arrives
+    /// whole and in order while messages keep coming before, during and after the stall.
+    #[test]
+    fn messages_arrive_whole_and_in_order_when_the_peer_stops_reading_for_a_while() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stats = Arc::new(TransportStats::default());
+        let mut w = PeerWriter::spawn(2, addr, config(), Arc::new(NoHost), stats.clone());
+
+        const MESSAGES: u64 = 3000;
+        const BYTES: usize = 12 << 10;
+        // The first message connects (through the writer thread).
+        assert!(w.send(vec![append(1, BYTES)]).is_empty());
+        let peer = accept(&listener);
+        wait_sent(&w, &stats, 1);
         let reader = thread::spawn(move || {
             // Reads nothing for a while, then everything.
             thread::sleep(Duration::from_millis(300));
@@ -582,13 +640,7 @@ mod tests {
             let mut stream = std::io::BufReader::new(peer);
             let mut buf = Vec::new();
             for i in 1..=MESSAGES {
-                let kind = frame::read_frame(&mut stream, 64 << 20, &mut buf)
-                    .unwrap_or_else(|e| panic!("frame {i}: {e}"));
-                assert_eq!(kind, KIND_RAFT);
-                let m = Message::parse_from_bytes(&buf).unwrap();
-                assert_eq!(m.index, i, "messages out of order");
-                assert_eq!(m.entries[0].data.len(), BYTES);
-                assert!(m.entries[0].data.iter().all(|b| *b == (i % 251) as u8));
+                assert_eq!(read_append(&mut stream, &mut buf, BYTES), i, "out of order");
             }
             let mut tail = Vec::new();
             stream.read_to_end(&mut tail).unwrap();
@@ -597,26 +649,88 @@ mod tests {
 
         // Groups of one and of two messages, as Readies have them, for about 600 ms.
         let mut i = 2;
-        let mut left_over = false;
+        let mut filled = false;
         while i <= MESSAGES {
             let n = if i % 3 == 0 { 2 } else { 1 }.min(MESSAGES + 1 - i);
             let group = (i..i + n).map(|j| append(j, BYTES)).collect();
             assert!(w.send(group).is_empty(), "message {i} was dropped");
             i += n;
-            // Seen once the socket is full: the writer thread is blocked writing (holding
-            // the link), or has work queued.
-            left_over |= w.queued.load(Ordering::Acquire) > 0
-                || w.link.try_lock().map_or(true, |l| !l.rest.is_empty());
+            filled |= backed_up(&w);
             thread::sleep(Duration::from_micros(200));
         }
+        wait_sent(&w, &stats, MESSAGES);
         w.stop();
         assert_eq!(reader.join().unwrap(), 0, "bytes after the last frame");
-        assert!(left_over, "the peer's socket never filled");
+        assert!(filled, "the peer's socket never filled");
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         let direct = stats.sent_direct.load(Ordering::Relaxed);
         assert!(
-            direct > 0 && direct < MESSAGES,
+            direct > 0 && MESSAGES - direct > 1,
             "{direct} of {MESSAGES} messages written directly"
         );
+    }
+
+    /// A connection that fails while a direct write's leftover waits (or is being written) is
+    /// dropped with it: the next connection starts with a whole frame, and messages keep
+    /// their order on it.
+    #[test]
+    fn the_leftover_of_a_failed_connection_never_reaches_the_next_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stats = Arc::new(TransportStats::default());
+        let mut w = PeerWriter::spawn(2, addr, config(), Arc::new(NoHost), stats.clone());
+        const BYTES: usize = 12 << 10;
+        assert!(w.send(vec![append(1, BYTES)]).is_empty());
+        let first = accept(&listener);
+        wait_sent(&w, &stats, 1);
+        listener.set_nonblocking(true).unwrap();
+
+        // Fill the socket of a peer that reads nothing.
+        let mut index = 2;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !backed_up(&w) {
+            assert!(Instant::now() < deadline, "the socket never filled");
+            assert!(w.send(vec![append(index, BYTES)]).is_empty());
+            index += 1;
+        }
+        assert!(stats.sent_direct.load(Ordering::Relaxed) > 0);
+        // The peer goes away with all that unread: the writer's pending write fails, or its
+        // next one does.
+        first.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(first);
+
+        // Messages sent until the failure is noticed, and while the writer backs off, may be
+        // dropped (raft sends again); the next connection is made for one of them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let second = loop {
+            assert!(w.send(vec![append(index, BYTES)]).is_empty());
+            index += 1;
+            thread::sleep(Duration::from_millis(5));
+            if let Ok((s, _)) = listener.accept() {
+                break handshake(s);
+            }
+            assert!(Instant::now() < deadline, "the writer did not reconnect");
+        };
+        assert!(stats.dropped.load(Ordering::Relaxed) > 0);
+        for _ in 0..20 {
+            assert!(w.send(vec![append(index, BYTES)]).is_empty());
+            index += 1;
+        }
+        let last = index - 1;
+        let mut second = std::io::BufReader::new(second);
+        second
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Whole frames from the first byte on (a leftover would be the tail of a frame), in
+        // order; queued messages the old connection never took may come first.
+        let mut buf = Vec::new();
+        let mut seen = read_append(&mut second, &mut buf, BYTES);
+        while seen < last {
+            let next = read_append(&mut second, &mut buf, BYTES);
+            assert!(next > seen, "message {next} after {seen}");
+            seen = next;
+        }
+        w.stop();
     }
 }

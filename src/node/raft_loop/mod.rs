@@ -67,6 +67,8 @@ pub struct RaftLoop {
     read_batches: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
     next_read_ctx: u64,
     applied_seen: u64,
+    /// Last committed entry handed to the apply thread.
+    handed: u64,
     staged: HashMap<(u64, u64), Staged>,
     compaction_margin: u64,
     compaction_hold_max: u64,
@@ -110,6 +112,7 @@ impl RaftLoop {
             read_batches: HashMap::new(),
             next_read_ctx: 1,
             applied_seen,
+            handed: applied_seen,
             staged: HashMap::new(),
             compaction_margin: timing.compaction_margin,
             compaction_hold_max: timing.compaction_hold_max,
@@ -258,8 +261,12 @@ impl RaftLoop {
         let r = &self.raw.raft;
         if r.pending_conf_index > r.raft_log.applied {
             // raft-rs would silently turn the change into an empty entry; let the caller retry,
-            // once the state machine has committed what it holds up to there.
-            self.shared.want_visible(r.pending_conf_index);
+            // once the state machine has committed what it holds up to there (as far as it
+            // was handed over: the apply thread commits at once when asked for no more).
+            self.shared.want_visible(
+                r.pending_conf_index
+                    .min(self.handed.max(r.raft_log.applied)),
+            );
             let busy = Error::Busy("another membership change is in progress".into());
             self.shared.waiters.notify(seq, Err(busy));
             return;
@@ -539,6 +546,7 @@ impl RaftLoop {
             confs.push((e.index, cs));
         }
         let settled = self.settled(&entries);
+        self.handed = entries.last().map_or(self.handed, |e| e.index);
         self.apply_tx
             .send(ApplyTask::Entries { entries, confs })
             .map_err(|_| Error::Closed)?;

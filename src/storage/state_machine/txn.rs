@@ -75,6 +75,11 @@ impl<'a> ApplyTxn<'a> {
         self.applied
     }
 
+    /// Keys written or removed in this txn so far.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
     /// Existing pages of the keyed tables this txn may have dirtied so far, at most: one per
     /// key written or removed, and no more than the tables had. Pages added by new data are
     /// not counted here.
