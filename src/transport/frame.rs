@@ -84,6 +84,27 @@ pub fn check_len(len: usize, max_bytes: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A payload that fails to encode leaves no header or partial payload behind, so the
+    /// frames around it still read back.
+    #[test]
+    fn a_failed_payload_leaves_the_buffer_as_it_was() {
+        let mut out = Vec::new();
+        put_frame(&mut out, KIND_RAFT, b"before");
+        let err = put_frame_with(&mut out, KIND_RAFT, |b| {
+            b.extend_from_slice(b"half");
+            Err("too big")
+        });
+        assert_eq!(err, Err("too big"));
+        put_frame(&mut out, KIND_RAFT, b"after");
+        let mut r = &out[..];
+        let mut buf = Vec::new();
+        read_frame(&mut r, 100, &mut buf).unwrap();
+        assert_eq!(buf, b"before");
+        read_frame(&mut r, 100, &mut buf).unwrap();
+        assert_eq!(buf, b"after");
+        assert!(r.is_empty());
+    }
+
     #[test]
     fn round_trip_and_limits() {
         let mut out = Vec::new();
