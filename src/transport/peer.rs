@@ -632,9 +632,10 @@ mod tests {
         assert!(w.send(vec![append(1, BYTES)]).is_empty());
         let peer = accept(&listener);
         wait_sent(&w, &stats, 1);
+        let (start_reading, go) = channel::bounded::<()>(1);
         let reader = thread::spawn(move || {
-            // Reads nothing for a while, then everything.
-            thread::sleep(Duration::from_millis(300));
+            // Reads nothing until told, then everything.
+            let _ = go.recv_timeout(Duration::from_secs(30));
             peer.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let mut stream = std::io::BufReader::new(peer);
@@ -647,16 +648,27 @@ mod tests {
             tail.len()
         });
 
-        // Groups of one and of two messages, as Readies have them, for about 600 ms.
+        // Groups of one and of two messages, as Readies have them; sending goes on while
+        // the peer reads again.
+        const BACKLOG: usize = 1000;
         let mut i = 2;
-        let mut filled = false;
+        let (mut filled, mut reading) = (false, false);
         while i <= MESSAGES {
             let n = if i % 3 == 0 { 2 } else { 1 }.min(MESSAGES + 1 - i);
             let group = (i..i + n).map(|j| append(j, BYTES)).collect();
             assert!(w.send(group).is_empty(), "message {i} was dropped");
             i += n;
             filled |= backed_up(&w);
+            // The peer reads again once a backlog has built up behind the full socket, so
+            // the writer thread drains it in several writes while direct writes are tried.
+            if !reading && w.queued.load(Ordering::Acquire) >= BACKLOG {
+                reading = true;
+                start_reading.send(()).unwrap();
+            }
             thread::sleep(Duration::from_micros(200));
+        }
+        if !reading {
+            start_reading.send(()).unwrap();
         }
         wait_sent(&w, &stats, MESSAGES);
         w.stop();
