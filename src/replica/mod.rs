@@ -177,14 +177,7 @@ impl Replica {
             Some(transport)
         };
 
-        let settings = ApplySettings {
-            dir: cfg.dir.clone(),
-            map_size_mb: cfg.map_size_mb,
-            snapshot_entries: cfg.snapshot_entries,
-            watch_retain: cfg.watch_retain_entries,
-            watch_retain_bytes: cfg.watch_retain_bytes,
-        };
-        let applier = Applier::new(shared.clone(), apply_rx, applied, settings);
+        let applier = Applier::new(shared.clone(), apply_rx, applied, apply_settings(&cfg));
         threads.apply = Some(spawn(
             format!("kvr-apply-{}", cfg.node_id),
             shared.clone(),
@@ -531,6 +524,17 @@ fn start_transport(
         t.pin_peer(*id, addr);
     }
     Ok((listener, t))
+}
+
+/// The apply thread's settings from a replica's configuration.
+fn apply_settings(cfg: &Config) -> ApplySettings {
+    ApplySettings {
+        dir: cfg.dir.clone(),
+        map_size_mb: cfg.map_size_mb,
+        snapshot_entries: cfg.snapshot_entries,
+        watch_retain: cfg.watch_retain_entries,
+        watch_retain_bytes: cfg.watch_retain_bytes,
+    }
 }
 
 fn new_shared(

@@ -21,14 +21,7 @@ fn a_read_behind_a_backlog_of_answered_writes_costs_one_state_machine_commit() {
     let (tx, rx) = flume::unbounded();
     let stats = Arc::new(TransportStats::default());
     let shared = Arc::new(new_shared(&cfg, &log, sm, applied, stats, tx.downgrade()).unwrap());
-    let settings = ApplySettings {
-        dir: cfg.dir.clone(),
-        map_size_mb: cfg.map_size_mb,
-        snapshot_entries: cfg.snapshot_entries,
-        watch_retain: cfg.watch_retain_entries,
-        watch_retain_bytes: cfg.watch_retain_bytes,
-    };
-    let applier = Applier::new(shared.clone(), rx, applied, settings);
+    let applier = Applier::new(shared.clone(), rx, applied, apply_settings(&cfg));
 
     // The reader waits for the first 50; 20 more are queued behind them.
     const BATCHES: u64 = 50;

@@ -81,7 +81,8 @@ pub struct TransportStats {
     pub dropped: AtomicU64,
     /// Messages written to sockets.
     pub sent: AtomicU64,
-    /// Of those, messages the raft thread wrote itself (the rest went through writer threads).
+    /// Messages the raft thread wrote itself, in full or in part (the rest of a part written
+    /// goes through the writer thread, as do all other messages).
     pub sent_direct: AtomicU64,
     /// Messages received and handed to raft.
     pub received: AtomicU64,
@@ -163,7 +164,8 @@ impl Transport {
         self.peers.get(&id).map(|p| p.addr())
     }
 
-    /// Queues messages to their peers without blocking.
+    /// Sends messages to their peers without blocking: written at once or queued (see
+    /// [`peer::PeerWriter::send`]).
     pub fn send(&mut self, msgs: Vec<Message>) {
         // Grouped by peer, in order, so that each peer's messages of a Ready go out together.
         let mut groups: Vec<(u64, Vec<Message>)> = Vec::new();

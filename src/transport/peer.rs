@@ -564,6 +564,15 @@ mod tests {
         })
     }
 
+    /// A writer to node 2 at a listener of the test's own.
+    fn writer() -> (TcpListener, PeerWriter, Arc<TransportStats>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stats = Arc::new(TransportStats::default());
+        let w = PeerWriter::spawn(2, addr, config(), Arc::new(NoHost), stats.clone());
+        (listener, w, stats)
+    }
+
     /// Accepts the writer's connection and answers its handshake.
     fn accept(listener: &TcpListener) -> TcpStream {
         let (peer, _) = listener.accept().unwrap();
@@ -621,10 +630,7 @@ mod tests {
     /// whole and in order while messages keep coming before, during and after the stall.
     #[test]
     fn messages_arrive_whole_and_in_order_when_the_peer_stops_reading_for_a_while() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stats = Arc::new(TransportStats::default());
-        let mut w = PeerWriter::spawn(2, addr, config(), Arc::new(NoHost), stats.clone());
+        let (listener, mut w, stats) = writer();
 
         const MESSAGES: u64 = 3000;
         const BYTES: usize = 12 << 10;
@@ -687,10 +693,7 @@ mod tests {
     /// their order on it.
     #[test]
     fn the_leftover_of_a_failed_connection_never_reaches_the_next_one() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stats = Arc::new(TransportStats::default());
-        let mut w = PeerWriter::spawn(2, addr, config(), Arc::new(NoHost), stats.clone());
+        let (listener, mut w, stats) = writer();
         const BYTES: usize = 12 << 10;
         assert!(w.send(vec![append(1, BYTES)]).is_empty());
         let first = accept(&listener);
