@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::Sender;
-use flume::Receiver;
+use flume::{Receiver, Sender};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType};
 

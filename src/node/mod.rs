@@ -13,7 +13,7 @@ pub mod waiters;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use crossbeam::channel::Sender;
+use flume::Sender;
 use raft::eraftpb::{ConfChange, ConfState, Entry, Message};
 
 use crate::error::{Error, Result};

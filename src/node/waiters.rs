@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crossbeam::channel::Sender;
+use flume::Sender;
 
 use crate::error::{Error, Result};
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, RecvTimeoutError};
+use flume::RecvTimeoutError;
 use raft::RawNode;
 use slog::Drain;
 
@@ -356,7 +356,10 @@ impl Replica {
     /// sent again after the retry interval, which doubles up to 8 times its base so that a slow
     /// cluster is not flooded.
     fn request_until(&self, seq: u64, deadline: Instant, make: impl Fn() -> RaftMsg) -> Result<()> {
-        let (tx, rx) = channel::bounded(8);
+        // Callers wait on flume channels: a flume receiver parks at once, where a crossbeam
+        // one spins and yields first, which with tens of blocked callers on a few cores took
+        // more CPU than the replica's own threads.
+        let (tx, rx) = flume::bounded(8);
         self.shared.waiters.register(seq, tx);
         let mut last_err = Error::Timeout;
         let base = self.retry_interval();
@@ -448,7 +451,7 @@ impl Replica {
             if Instant::now() >= deadline {
                 return Err(self.explain(last_err));
             }
-            let (tx, rx) = channel::bounded(1);
+            let (tx, rx) = flume::bounded(1);
             self.send_to_raft(RaftMsg::Read { reply: tx, lease }, deadline)?;
             match rx.recv_deadline(deadline) {
                 Ok(Ok(())) => return Ok(()),

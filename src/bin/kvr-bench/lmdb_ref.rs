@@ -6,7 +6,6 @@ use std::fs;
 use std::path::Path;
 use std::thread::{self, JoinHandle};
 
-use crossbeam::channel;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, WithoutTls};
 
@@ -40,7 +39,7 @@ pub fn sweep(plan: &Plan<'_>, dir: &Path) -> Result<Vec<(usize, Stats)>, String>
 struct Put {
     key: Vec<u8>,
     value: Vec<u8>,
-    reply: channel::Sender<Result<(), String>>,
+    reply: flume::Sender<Result<(), String>>,
 }
 
 /// An LMDB environment with a group-commit writer thread.
@@ -80,7 +79,8 @@ impl GroupCommit {
 
     /// Returns once the put is committed and synced.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let (reply, rx) = channel::bounded(1);
+        // The same kind of reply channel as kvr's callers wait on.
+        let (reply, rx) = flume::bounded(1);
         let tx = self.tx.as_ref().ok_or("closed")?;
         tx.send(Put {
             key: key.to_vec(),

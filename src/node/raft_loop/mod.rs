@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Sender};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
+use flume::Sender;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole, INVALID_ID};
@@ -449,7 +449,7 @@ impl RaftLoop {
             ))
         })?;
         self.staged.clear();
-        let (tx, rx) = channel::bounded(1);
+        let (tx, rx) = flume::bounded(1);
         self.apply_tx
             .send(ApplyTask::Install { staged, reply: tx })
             .map_err(|_| Error::Closed)?;
