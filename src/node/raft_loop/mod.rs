@@ -340,10 +340,7 @@ impl RaftLoop {
             let lease_reads = std::mem::take(&mut self.pending_lease_reads);
             if self.lease_valid(Instant::now()) {
                 let index = self.raw.raft.raft_log.committed;
-                let _ = self.apply_tx.send(ApplyTask::ReadIndex {
-                    index,
-                    waiters: lease_reads,
-                });
+                self.answer_reads(index, lease_reads);
             } else {
                 self.pending_reads.extend(lease_reads);
             }
@@ -617,12 +614,22 @@ impl RaftLoop {
                 let until = issued + self.lease_duration;
                 self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
             }
-            if !waiters.is_empty() {
-                let _ = self.apply_tx.send(ApplyTask::ReadIndex {
-                    index: rs.index,
-                    waiters,
-                });
+            self.answer_reads(rs.index, waiters);
+        }
+    }
+
+    /// Lets `waiters` read once the state machine holds `index`: at once when it does already
+    /// (a wake-up of the apply thread saved), else through the apply thread.
+    fn answer_reads(&self, index: u64, waiters: Vec<ReadWaiter>) {
+        if waiters.is_empty() {
+            return;
+        }
+        if self.shared.applied_index.load(Ordering::Acquire) >= index {
+            for w in waiters {
+                let _ = w.try_send(Ok(()));
             }
+        } else {
+            let _ = self.apply_tx.send(ApplyTask::ReadIndex { index, waiters });
         }
     }
 
