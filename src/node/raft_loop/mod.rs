@@ -3,9 +3,11 @@
 //! One iteration: wait for the inbox (at most until the next tick), drain it (proposals, read
 //! requests, peer messages), tick if due, then handle `Ready`:
 //! 1. send `messages()` (a leader replicates while it persists, raft thesis 10.2.1);
-//! 2. persist entries and hard state in one synced LMDB txn;
+//! 2. persist entries and hard state in one write and one fdatasync of the log;
 //! 3. send `persisted_messages()` (votes and acks must not precede what they acknowledge);
-//! 4. `advance_append`, then hand committed entries and read states to the apply thread.
+//! 4. `advance_append`, then hand committed entries to the apply thread, answer the callers
+//!    whose entries need no state to decide, and let readers go (at once when the state
+//!    machine holds their read index, else through the apply thread).
 //!
 //! Every proposal that arrived while the previous Ready was being persisted lands in the next
 //! Ready: that is the group commit, one fsync for many writes.
