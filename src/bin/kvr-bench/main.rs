@@ -34,6 +34,7 @@ mod sweep;
 mod table;
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -49,7 +50,8 @@ fn main() -> ExitCode {
     let opts = match args::parse(&argv) {
         Ok(Some(o)) => o,
         Ok(None) => {
-            println!("{}", args::USAGE);
+            // A reader that closed the pipe early (`| head`) is no error.
+            let _ = writeln!(std::io::stdout(), "{}", args::USAGE);
             return ExitCode::SUCCESS;
         }
         Err(e) => {
