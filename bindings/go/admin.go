@@ -127,9 +127,11 @@ type Stats struct {
 	ApplyBatchMax      uint64         `json:"apply_batch_max"`
 	EntriesApplied     uint64         `json:"entries_applied"`
 	Duplicates         uint64         `json:"duplicates"`
-	LogWrites          uint64         `json:"log_writes"`      // log appends, one fdatasync each
-	LogWriteMicros     uint64         `json:"log_write_us"`    // time spent in log appends
-	ApplyCommitMicros  uint64         `json:"apply_commit_us"` // time spent committing apply batches
+	LogWrites          uint64         `json:"log_writes"`        // log appends, one fdatasync each
+	LogWriteMicros     uint64         `json:"log_write_us"`      // time spent in log appends
+	ApplyCommitMicros  uint64         `json:"apply_commit_us"`   // time spent committing apply batches
+	LeaseReadsLocal    uint64         `json:"lease_reads_local"` // lease reads answered without the raft thread
+	VotesHeld          uint64         `json:"votes_held"`        // campaigns ignored just after start
 	Peers              []PeerStats    `json:"peers"`
 	Transport          TransportStats `json:"transport"`
 }

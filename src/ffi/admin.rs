@@ -71,7 +71,9 @@ pub unsafe extern "C" fn kvr_members(db: *mut kvr, out: *mut kvr_buf) -> c_int {
 /// `proposals_per_s`, `apply_batches`, `apply_batch_avg`, `apply_batch_max`, `entries_applied`,
 /// `duplicates`, `log_writes` (log appends, one fdatasync each), `log_write_us` and
 /// `apply_commit_us` (microseconds spent in log appends and in committing apply batches since
-/// open), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
+/// open), `lease_reads_local` (lease reads answered from the leader's lease on the caller's
+/// thread), `votes_held` (campaigns of others ignored within an election timeout of this
+/// replica's start), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
 /// `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
 /// `snapshots_received`). Never blocks on the network.
 /// Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.

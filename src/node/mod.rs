@@ -3,10 +3,12 @@
 //! - [`raft_loop`]: the raft thread, owner of `raft::RawNode`.
 //! - [`apply`]: the apply thread, sole writer of the state machine.
 //! - [`waiters`]: callers blocked on a proposal, completed by the apply thread.
+//! - [`lease`]: the leader's read lease, published for callers by the raft thread.
 
 pub mod apply;
 pub mod execute;
 pub mod host;
+pub mod lease;
 pub mod raft_loop;
 pub mod waiters;
 
@@ -222,6 +224,13 @@ pub struct Shared {
     pub log_bytes: AtomicU64,
     /// Per-peer replication progress, published by the leader's raft thread.
     pub progress: Mutex<Vec<crate::replica::PeerProgress>>,
+    /// The leader's read lease, as the raft thread last published it.
+    pub lease: lease::LeaseCell,
+    /// Lease reads a caller answered from the published lease, without the raft thread.
+    pub lease_reads_local: AtomicU64,
+    /// Campaigns of other replicas ignored because this one started less than an election
+    /// timeout before.
+    pub votes_held: AtomicU64,
     /// Signalled whenever the applied index moves (watchers wait on it).
     pub applied_signal: Condvar,
     /// Lock paired with `applied_signal`.

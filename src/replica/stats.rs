@@ -25,7 +25,10 @@ impl Replica {
     /// `proposals_total`, `proposals_per_s`, `apply_batches`, `apply_batch_avg`,
     /// `apply_batch_max`, `entries_applied`, `duplicates`, `log_writes` (log appends, one
     /// fdatasync each), `log_write_us` and `apply_commit_us` (microseconds the raft thread spent
-    /// in log appends and the apply thread in committing batches, since open), `peers` (on
+    /// in log appends and the apply thread in committing batches, since open),
+    /// `lease_reads_local` (lease reads answered on the caller's thread from the leader's
+    /// published lease), `votes_held` (campaigns of others ignored because this replica started
+    /// less than an election timeout before), `peers` (on
     /// the leader: `id`,
     /// `match_index`, `next_index`, `lag` = last index − match, `state`), and `transport`
     /// (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`, `snapshots_received`).
@@ -72,6 +75,11 @@ impl Replica {
             .kv_u64("log_writes", s.log_writes.load(Ordering::Relaxed))
             .kv_u64("log_write_us", s.log_write_us.load(Ordering::Relaxed))
             .kv_u64("apply_commit_us", s.apply_commit_us.load(Ordering::Relaxed))
+            .kv_u64(
+                "lease_reads_local",
+                s.lease_reads_local.load(Ordering::Relaxed),
+            )
+            .kv_u64("votes_held", s.votes_held.load(Ordering::Relaxed))
             .key("peers")
             .begin_array();
         for p in s.progress.lock().unwrap_or_else(|p| p.into_inner()).iter() {

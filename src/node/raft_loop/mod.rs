@@ -88,6 +88,8 @@ pub struct RaftLoop {
     lease_duration: Duration,
     /// When a lease read last arrived (the lease is renewed ahead of time while they do).
     lease_wanted: Option<Instant>,
+    /// Until when this replica ignores campaigns of others (see [`RaftLoop::holds_vote`]).
+    votes_held_until: Instant,
     periodic: periodic::Periodic,
 }
 
@@ -126,6 +128,7 @@ impl RaftLoop {
             // last heard from this one; keep a fifth of it as margin for clock drift.
             lease_duration: timing.election_timeout * 4 / 5,
             lease_wanted: None,
+            votes_held_until: Instant::now() + timing.election_timeout,
             periodic: periodic::Periodic::default(),
         }
     }
@@ -200,7 +203,19 @@ impl RaftLoop {
                 self.pending_lease_reads.push(reply);
             }
             RaftMsg::Step(msg) => {
-                self.heard.insert(msg.from, Instant::now());
+                let now = Instant::now();
+                self.heard.insert(msg.from, now);
+                if self.holds_vote(&msg, now) {
+                    self.shared.votes_held.fetch_add(1, Ordering::Relaxed);
+                    log::debug!(
+                        "node {}: ignored a campaign of node {} (term {}): started less than an \
+                         election timeout ago",
+                        self.shared.node_id,
+                        msg.from,
+                        msg.term
+                    );
+                    return false;
+                }
                 if let Err(e) = self.raw.step(msg) {
                     log::debug!("node {}: step: {e}", self.shared.node_id);
                 }
@@ -257,6 +272,16 @@ impl RaftLoop {
                 key.0
             );
         }
+    }
+
+    /// True for a campaign (pre-vote or vote) of another replica that arrives less than an
+    /// election timeout after this replica started. Raft-rs ignores campaigns for an election
+    /// timeout after a follower last heard from its leader, which is what a leader's read lease
+    /// counts on; a replica that crashed and restarted has forgotten when that was, so it
+    /// assumes it was just before. A leadership transfer (the old leader gave up its lease
+    /// first) is not held back.
+    fn holds_vote(&self, msg: &raft::eraftpb::Message, now: Instant) -> bool {
+        now < self.votes_held_until && is_disruptive_campaign(msg, self.raw.raft.term)
     }
 
     fn propose_conf_change(&mut self, seq: u64, cc: ConfChange) {
@@ -398,6 +423,8 @@ impl RaftLoop {
         if let Some(ss) = rd.ss() {
             self.on_soft_state(ss.leader_id);
         }
+        // Before any message with a newer commit index (or a transfer's TimeoutNow) goes out.
+        self.publish_lease();
         if !rd.messages().is_empty() {
             self.send(rd.take_messages());
         }
@@ -429,6 +456,7 @@ impl RaftLoop {
         }
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
+            self.publish_lease();
         }
         self.send(light.take_messages());
         self.dispatch_committed(committed)?;
@@ -635,7 +663,21 @@ impl RaftLoop {
         }
     }
 
+    /// Publishes the lease for callers on this replica: valid now, with the commit index their
+    /// reads must see; or none.
+    fn publish_lease(&self) {
+        match self.lease_until {
+            Some(until) if self.lease_valid(Instant::now()) => {
+                self.shared
+                    .lease
+                    .publish(until, self.raw.raft.raft_log.committed);
+            }
+            _ => self.shared.lease.revoke(),
+        }
+    }
+
     fn publish(&self) {
+        self.publish_lease();
         let s = &self.shared;
         s.term.store(self.raw.raft.term, Ordering::Relaxed);
         s.commit_index
@@ -658,5 +700,52 @@ impl RaftLoop {
             t.shutdown();
         }
         let _ = self.apply_tx.send(ApplyTask::Shutdown);
+    }
+}
+
+/// A pre-vote or vote that would make this replica, at `term`, vote for another leader, when
+/// not asked for by a leadership transfer: what raft-rs ignores while a follower's leader
+/// lease lasts.
+fn is_disruptive_campaign(msg: &raft::eraftpb::Message, term: u64) -> bool {
+    use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
+    matches!(msg.get_msg_type(), MsgRequestVote | MsgRequestPreVote)
+        && msg.term > term
+        && msg.context != raft::CAMPAIGN_TRANSFER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{Message, MessageType};
+
+    fn msg(t: MessageType, term: u64, context: &[u8]) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.term = term;
+        m.context = context.to_vec().into();
+        m
+    }
+
+    #[test]
+    fn campaigns_for_a_higher_term_are_disruptive_unless_a_transfer_asked_for_them() {
+        use MessageType::*;
+        assert!(is_disruptive_campaign(&msg(MsgRequestPreVote, 6, b""), 5));
+        assert!(is_disruptive_campaign(&msg(MsgRequestVote, 6, b""), 5));
+        assert!(!is_disruptive_campaign(
+            &msg(MsgRequestVote, 6, raft::CAMPAIGN_TRANSFER),
+            5
+        ));
+        // Not a higher term: raft-rs answers from its own state (one vote per term).
+        assert!(!is_disruptive_campaign(&msg(MsgRequestVote, 5, b""), 5));
+        assert!(!is_disruptive_campaign(&msg(MsgRequestPreVote, 4, b""), 5));
+        // Not a campaign.
+        for t in [
+            MsgAppend,
+            MsgHeartbeat,
+            MsgRequestVoteResponse,
+            MsgTimeoutNow,
+        ] {
+            assert!(!is_disruptive_campaign(&msg(t, 6, b""), 5), "{t:?}");
+        }
     }
 }

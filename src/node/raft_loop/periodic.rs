@@ -85,7 +85,8 @@ impl RaftLoop {
     fn renew_lease(&mut self, now: Instant) {
         let wanted = self
             .lease_wanted
-            .is_some_and(|t| now.duration_since(t) < self.lease_duration);
+            .max(self.shared.lease.last_used())
+            .is_some_and(|t| now.saturating_duration_since(t) < self.lease_duration);
         if !wanted || self.raw.raft.state != StateRole::Leader {
             return;
         }

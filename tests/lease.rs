@@ -1,0 +1,100 @@
+//! Lease reads, with replicas in separate processes: the leader answers them on the caller's
+//! thread from the lease its raft thread publishes; a leadership transfer ends the lease before
+//! the new leader can write; a replica that restarts does not help elect another leader until
+//! an election timeout has passed, as if it had just heard from the old one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{json_numbers, kvr_bin, wait_until, Cluster, Node, FAST_RAFT};
+
+fn stat(c: &mut Cluster, id: u64, field: &str) -> u64 {
+    let stats = c.node(id).cmd("stats");
+    json_numbers(&stats, field)[0]
+}
+
+fn others(leader: u64) -> (u64, u64) {
+    let mut it = (1..=3).filter(|&i| i != leader);
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[test]
+fn the_leader_answers_lease_reads_itself_and_a_transfer_ends_its_lease() {
+    let mut c = Cluster::start(3);
+    let mut leader = c.wait_leader();
+    assert_eq!(c.node(leader).put("k", "v0"), "OK");
+    let before = stat(&mut c, leader, "lease_reads_local");
+    for _ in 0..20 {
+        assert_eq!(c.node(leader).cmd("lget k"), "v0");
+    }
+    // The first read (at most a few, if the state machine commit lagged) won the lease
+    // through the raft thread; the others were answered from it.
+    let local = stat(&mut c, leader, "lease_reads_local") - before;
+    assert!(
+        local >= 15,
+        "{local} of 20 lease reads answered from the lease"
+    );
+    let (f1, _) = others(leader);
+    assert_eq!(
+        stat(&mut c, f1, "lease_reads_local"),
+        0,
+        "a follower never answers from a lease"
+    );
+
+    for round in 1..=6 {
+        let (target, _) = others(leader);
+        // The leader holds a lease right before the transfer.
+        assert_eq!(c.node(leader).cmd("lget k"), format!("v{}", round - 1));
+        assert_eq!(c.node(leader).cmd(&format!("transfer {target}")), "OK");
+        wait_until("the transferee leads", Duration::from_secs(10), || {
+            c.node(target).status().get("role").map(String::as_str) == Some("leader")
+        });
+        let value = format!("v{round}");
+        assert_eq!(c.node(target).put("k", &value), "OK");
+        // The old leader's lease ended before the transferee could campaign.
+        assert_eq!(c.node(leader).cmd("lget k"), value, "round {round}");
+        assert_eq!(c.node(target).cmd("lget k"), value, "round {round}");
+        leader = target;
+    }
+}
+
+#[test]
+fn a_restarted_replica_helps_elect_no_leader_for_an_election_timeout() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    assert_eq!(c.node(leader).put("k", "v"), "OK");
+    let (survivor, restarted) = others(leader);
+    c.node(leader).kill9();
+    c.node(restarted).kill9();
+    // The survivor campaigns again and again: it needs the restarted replica's vote.
+    wait_until("the survivor campaigns", Duration::from_secs(10), || {
+        c.node(survivor).status_u64("leader") == 0
+    });
+
+    // Restart with a long election timeout (3 s at 30 ms ticks), so that the survivor
+    // campaigns several times while the restarted replica holds its vote.
+    const HELD: Duration = Duration::from_millis(3000);
+    let mut opts = FAST_RAFT.to_vec();
+    opts.retain(|(k, _)| *k != "election_ticks");
+    opts.push(("election_ticks", "100"));
+    let dir = c.node(restarted).dir.clone();
+    let peers = c.peers.clone();
+    let program = vec![kvr_bin().display().to_string()];
+    let started = Instant::now();
+    *c.node(restarted) = Node::new(program, restarted, &dir, &peers, &opts);
+    c.node(restarted).start();
+
+    let new_leader = c.wait_leader();
+    let took = started.elapsed();
+    assert!(
+        took >= HELD,
+        "node {new_leader} was elected {took:?} after the restart, inside the {HELD:?} hold"
+    );
+    assert!(
+        stat(&mut c, restarted, "votes_held") >= 1,
+        "the restarted replica ignored no campaign"
+    );
+    assert_eq!(c.node(new_leader).get("k"), "v");
+    assert_eq!(c.node(survivor).put("after", "1"), "OK");
+}
