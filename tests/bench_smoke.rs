@@ -44,6 +44,7 @@ fn check_kvr_run(report: &Json, api: &str, reads: bool) {
         assert!(r.num("p99_us") >= r.num("p50_us"), "{what}: p99 below p50");
         if reads {
             positive(r, "reads_per_s", &what);
+            positive(r, "lease_reads_per_s", &what);
             positive(r, "stale_reads_per_s", &what);
             // Replica 1's own counters: where its raft and apply threads spent the writes.
             let p = r

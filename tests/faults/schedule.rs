@@ -52,6 +52,7 @@ impl Spec {
                 keys: nodes + 1,
                 set_percent: 35,
                 read_percent: 50,
+                lease_percent: 50,
                 delete_percent: 10,
             },
             hold_ms_max: rng.range(3000, 14_000),
@@ -100,6 +101,7 @@ pub struct Report {
     pub ok: u64,
     pub unknown: u64,
     pub failed_reads: u64,
+    pub lease_reads: u64,
     pub adds_acked: u64,
     pub faults: FaultCounts,
     pub violations: u64,
@@ -132,7 +134,8 @@ impl Report {
             .map(|(k, v)| format!("{k}:{v}"))
             .collect();
         format!(
-            "seed={} nodes={} ops={} ok={} unknown={} failed_reads={} acked_adds={} faults=[{}] \
+            "seed={} nodes={} ops={} ok={} unknown={} failed_reads={} lease_reads={} acked_adds={} \
+             faults=[{}] \
              frames={}/{}dropped term={} violations={} lost={} phantoms={} {} | {} | {}",
             self.seed,
             self.nodes,
@@ -140,6 +143,7 @@ impl Report {
             self.ok,
             self.unknown,
             self.failed_reads,
+            self.lease_reads,
             self.adds_acked,
             faults.join(" "),
             self.frames.0,
@@ -227,6 +231,7 @@ pub fn run(spec: &Spec, root: &Path) -> Report {
     report.ok = stats.ok.load(Ordering::Relaxed);
     report.unknown = stats.unknown.load(Ordering::Relaxed);
     report.failed_reads = stats.failed_reads.load(Ordering::Relaxed);
+    report.lease_reads = stats.lease_reads.load(Ordering::Relaxed);
     let drained = started.elapsed();
     verify(spec, &cluster, &history, &mut report);
     report.timing = format!(

@@ -24,6 +24,9 @@ pub struct Mix {
     pub set_percent: u64,
     /// Of register operations: reads, in percent; the rest are writes, some of them deletes.
     pub read_percent: u64,
+    /// Of reads: lease reads (`lget`), in percent; the rest are ReadIndex reads (`get`).
+    /// The checker holds both to linearizability.
+    pub lease_percent: u64,
     pub delete_percent: u64,
 }
 
@@ -34,6 +37,8 @@ pub struct ClientStats {
     pub ok: AtomicU64,
     pub unknown: AtomicU64,
     pub failed_reads: AtomicU64,
+    /// Lease reads that returned a value or NOT_FOUND.
+    pub lease_reads: AtomicU64,
 }
 
 /// How a reply to a write is read.
@@ -129,12 +134,17 @@ impl Client {
         let key = format!("r{}", self.rng.below(self.mix.keys as u64));
         let call_ns = self.history.now_ns();
         if self.rng.chance(self.mix.read_percent) {
-            let r = self.node.call(&format!("get {key}"), REPLY_TIMEOUT);
+            let lease = self.rng.chance(self.mix.lease_percent);
+            let cmd = if lease { "lget" } else { "get" };
+            let r = self.node.call(&format!("{cmd} {key}"), REPLY_TIMEOUT);
             let ret_ns = self.history.now_ns();
             self.stats.ops.fetch_add(1, Ordering::Relaxed);
             match read_result(&r) {
                 Some(v) => {
                     self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                    if lease {
+                        self.stats.lease_reads.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.history.record(Op {
                         client: self.id,
                         key,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::hist::Histogram;
 use crate::signal;
 use crate::store::Store;
+use kvr::ReadConsistency;
 
 /// Extra random bytes behind the values, so that each value is a different slice.
 const VALUE_BLOCK_EXTRA_BYTES: usize = 4096;
@@ -95,6 +96,7 @@ impl Rng {
 pub enum Op {
     Put,
     Get,
+    LeaseGet,
     StaleGet,
 }
 
@@ -103,6 +105,7 @@ impl Op {
         match self {
             Op::Put => "writes",
             Op::Get => "linearizable reads",
+            Op::LeaseGet => "lease reads",
             Op::StaleGet => "stale reads",
         }
     }
@@ -202,8 +205,9 @@ fn worker(
         let key = work.key(&mut rng);
         let r = match op {
             Op::Put => store.put(key, work.value(&mut rng)),
-            Op::Get => store.get(key, false),
-            Op::StaleGet => store.get(key, true),
+            Op::Get => store.get(key, ReadConsistency::Linearizable),
+            Op::LeaseGet => store.get(key, ReadConsistency::Lease),
+            Op::StaleGet => store.get(key, ReadConsistency::Stale),
         };
         let nanos = t0.elapsed().as_nanos() as u64;
         match r {

@@ -6,7 +6,7 @@
 //!
 //! In order: the fdatasync floor of the data directory; a 3-replica kvr cluster (replica 1 in
 //! this process behind the Rust API, 2 and 3 as `kvr` processes) swept over the concurrencies
-//! with writes, linearizable reads and stale reads; a second, fresh cluster whose replica 1 is
+//! with writes, linearizable, lease and stale reads; a second, fresh cluster whose replica 1 is
 //! opened through the C ABI (`kvr_open`) and driven with `kvr_put`, so both APIs start from the
 //! same empty state; the raw LMDB ceiling; each peer (installed first); the optional soak.
 //! Then a table on stdout and `report.json` / `report.txt` in the output directory.

@@ -3,7 +3,7 @@
 use crate::args::Options;
 use crate::fsync_ref::FsyncStats;
 use crate::json::{obj, Json};
-use crate::load::Stats;
+use crate::load::{Op, Stats};
 use crate::machine::Machine;
 use crate::peers::PeerRun;
 use crate::procfs::{CpuUse, Mem};
@@ -112,11 +112,10 @@ impl Report {
     }
 
     /// Reads/s over writes/s at the target concurrency.
-    pub fn reads_over_writes(&self, stale: bool) -> Option<f64> {
+    pub fn reads_over_writes(&self, op: Op) -> Option<f64> {
         let p = self.kvr_point(Api::Rust, TARGET_CONCURRENCY)?;
-        let reads = if stale { &p.stale } else { &p.reads };
         ratio(
-            reads.as_ref().map(|r| r.stats.per_s),
+            p.reads_of(op).map(|r| r.stats.per_s),
             Some(p.writes.stats.per_s),
         )
     }
@@ -167,7 +166,7 @@ impl Report {
             ),
             t(
                 "linearizable reads/s / writes/s at 64",
-                self.reads_over_writes(false),
+                self.reads_over_writes(Op::Get),
                 5.0,
                 true,
             ),
@@ -278,11 +277,15 @@ impl Report {
             ),
             (
                 "linearizable_reads_over_writes_at_64",
-                self.reads_over_writes(false).into(),
+                self.reads_over_writes(Op::Get).into(),
+            ),
+            (
+                "lease_reads_over_writes_at_64",
+                self.reads_over_writes(Op::LeaseGet).into(),
             ),
             (
                 "stale_reads_over_writes_at_64",
-                self.reads_over_writes(true).into(),
+                self.reads_over_writes(Op::StaleGet).into(),
             ),
         ])
     }
@@ -352,12 +355,16 @@ fn point_json(p: &Point) -> Json {
     ) else {
         unreachable!("stats_point builds an object")
     };
+    if let Some(s) = &p.lease {
+        put_stats(&mut f, "lease_", "lease_reads_per_s", &s.stats);
+    }
     if let Some(s) = &p.stale {
         put_stats(&mut f, "stale_", "stale_reads_per_s", &s.stats);
     }
     let phases = [
         ("writes", Some(&p.writes)),
         ("reads", p.reads.as_ref()),
+        ("lease_reads", p.lease.as_ref()),
         ("stale_reads", p.stale.as_ref()),
     ];
     let cpu = phases

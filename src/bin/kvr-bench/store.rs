@@ -58,17 +58,13 @@ impl Store {
     }
 
     /// Reads `key`; absent is not an error.
-    pub fn get(&self, key: &[u8], stale: bool) -> Result<(), String> {
+    pub fn get(&self, key: &[u8], consistency: ReadConsistency) -> Result<(), String> {
         match self {
-            Store::Rust(r) => {
-                let c = if stale {
-                    ReadConsistency::Stale
-                } else {
-                    ReadConsistency::Linearizable
-                };
-                r.get_with(key, c).map(drop).map_err(|e| e.to_string())
-            }
-            Store::C(h) => h.get(key, stale),
+            Store::Rust(r) => r
+                .get_with(key, consistency)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Store::C(h) => h.get(key, consistency),
             Store::Lmdb(g) => g.get(key),
         }
     }
@@ -166,11 +162,11 @@ impl CHandle {
         self.check(rc)
     }
 
-    fn get(&self, key: &[u8], stale: bool) -> Result<(), String> {
-        let consistency = if stale {
-            ffi::KVR_READ_STALE
-        } else {
-            ffi::KVR_READ_LINEARIZABLE
+    fn get(&self, key: &[u8], consistency: ReadConsistency) -> Result<(), String> {
+        let consistency = match consistency {
+            ReadConsistency::Linearizable => ffi::KVR_READ_LINEARIZABLE,
+            ReadConsistency::Lease => ffi::KVR_READ_LEASE,
+            ReadConsistency::Stale => ffi::KVR_READ_STALE,
         };
         let mut buf = ffi::kvr_buf {
             ptr: ptr::null_mut(),

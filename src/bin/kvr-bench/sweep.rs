@@ -1,5 +1,5 @@
 //! kvr's share of the run: a fresh cluster per API, then every concurrency in turn: writes,
-//! and through the Rust API also linearizable and stale reads. The CPU each replica's threads
+//! and through the Rust API also linearizable, lease and stale reads. The CPU each replica's threads
 //! burn during every measured window is recorded, as a first profile, and so is where replica
 //! 1's raft and apply threads spend their time (its `stats` counters).
 
@@ -116,7 +116,20 @@ pub struct Point {
     pub concurrency: usize,
     pub writes: Phase,
     pub reads: Option<Phase>,
+    pub lease: Option<Phase>,
     pub stale: Option<Phase>,
+}
+
+impl Point {
+    /// The read phase of `op` (`Get`, `LeaseGet` or `StaleGet`).
+    pub fn reads_of(&self, op: Op) -> Option<&Phase> {
+        match op {
+            Op::Get => self.reads.as_ref(),
+            Op::LeaseGet => self.lease.as_ref(),
+            Op::StaleGet => self.stale.as_ref(),
+            Op::Put => None,
+        }
+    }
 }
 
 /// One cluster's sweep over the concurrencies.
@@ -152,18 +165,20 @@ fn point(cluster: &mut Cluster, api: Api, c: usize, plan: &Plan<'_>) -> Result<P
     let writes = phase(cluster, api, Op::Put, c, plan)?;
     // The C ABI run measures the write path through the ABI; its reads cost the same as the
     // Rust API's plus one copy, which the Rust run already measures.
-    let (reads, stale) = if api == Api::Rust {
+    let (reads, lease, stale) = if api == Api::Rust {
         (
             Some(phase(cluster, api, Op::Get, c, plan)?),
+            Some(phase(cluster, api, Op::LeaseGet, c, plan)?),
             Some(phase(cluster, api, Op::StaleGet, c, plan)?),
         )
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(Point {
         concurrency: c,
         writes,
         reads,
+        lease,
         stale,
     })
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::load::Stats;
+use crate::load::{Op, Stats};
 use crate::report::{Report, TARGET_CONCURRENCY};
 use crate::store::Api;
 
@@ -145,6 +145,11 @@ fn reads(r: &Report, out: &mut String) {
             p.and_then(|p| Some(&p.reads.as_ref()?.stats)),
         ));
         rows.push(stats_row(
+            "kvr lease",
+            c,
+            p.and_then(|p| Some(&p.lease.as_ref()?.stats)),
+        ));
+        rows.push(stats_row(
             "kvr stale (local)",
             c,
             p.and_then(|p| Some(&p.stale.as_ref()?.stats)),
@@ -195,9 +200,10 @@ fn ratios(r: &Report, out: &mut String) {
     );
     let _ = writeln!(
         out,
-        "reads/s / writes/s at {TARGET_CONCURRENCY}: linearizable {}, stale {}",
-        opt(r.reads_over_writes(false)),
-        opt(r.reads_over_writes(true))
+        "reads/s / writes/s at {TARGET_CONCURRENCY}: linearizable {}, lease {}, stale {}",
+        opt(r.reads_over_writes(Op::Get)),
+        opt(r.reads_over_writes(Op::LeaseGet)),
+        opt(r.reads_over_writes(Op::StaleGet))
     );
 }
 
