@@ -483,7 +483,7 @@ int kvr_members(struct kvr *db, struct kvr_buf *out);
  * `apply_commit_us` (microseconds spent in log appends and in committing apply batches since
  * open), `lease_reads_local` (lease reads answered from the leader's lease on the caller's
  * thread), `votes_held` (campaigns of others ignored within an election timeout of this
- * replica's start), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
+ * replica's restart), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
  * `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
  * `snapshots_received`). Never blocks on the network.
  * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.

@@ -1,7 +1,8 @@
 //! Lease reads, with replicas in separate processes: the leader answers them on the caller's
 //! thread from the lease its raft thread publishes; a leadership transfer ends the lease before
 //! the new leader can write; a replica that restarts does not help elect another leader until
-//! an election timeout has passed, as if it had just heard from the old one.
+//! an election timeout has passed, as if it had just heard from the old one (a fresh one, which
+//! never backed a leader, does).
 
 mod common;
 
@@ -56,6 +57,28 @@ fn the_leader_answers_lease_reads_itself_and_a_transfer_ends_its_lease() {
         assert_eq!(c.node(leader).cmd("lget k"), value, "round {round}");
         assert_eq!(c.node(target).cmd("lget k"), value, "round {round}");
         leader = target;
+    }
+}
+
+/// The bench's setup: replicas 2 and 3 with an election timeout ten times replica 1's. Fresh,
+/// they vote for replica 1 at its first campaign, long before their own timeout.
+#[test]
+fn fresh_replicas_vote_at_once() {
+    let mut c = Cluster::start_each(
+        3,
+        |id| {
+            let mut o = FAST_RAFT.to_vec();
+            if id != 1 {
+                o.retain(|(k, _)| *k != "election_ticks");
+                o.push(("election_ticks", "100"));
+            }
+            o
+        },
+        |_| vec![kvr_bin().display().to_string()],
+    );
+    assert_eq!(c.wait_leader(), 1);
+    for id in 1..=3 {
+        assert_eq!(stat(&mut c, id, "votes_held"), 0, "node {id}");
     }
 }
 

@@ -228,7 +228,7 @@ pub struct Shared {
     pub lease: lease::LeaseCell,
     /// Lease reads a caller answered from the published lease, without the raft thread.
     pub lease_reads_local: AtomicU64,
-    /// Campaigns of other replicas ignored because this one started less than an election
+    /// Campaigns of other replicas ignored because this one restarted less than an election
     /// timeout before.
     pub votes_held: AtomicU64,
     /// Signalled whenever the applied index moves (watchers wait on it).

@@ -475,13 +475,14 @@ impl Replica {
     /// without a word to the raft thread.
     fn lease_readable(&self) -> bool {
         let s = &self.shared;
-        s.lease
+        let readable = s
+            .lease
             .read_index(Instant::now())
-            .is_some_and(|index| s.applied_index.load(Ordering::Acquire) >= index)
-            && {
-                s.lease_reads_local.fetch_add(1, Ordering::Relaxed);
-                true
-            }
+            .is_some_and(|index| s.applied_index.load(Ordering::Acquire) >= index);
+        if readable {
+            s.lease_reads_local.fetch_add(1, Ordering::Relaxed);
+        }
+        readable
     }
 
     fn pause(&self, deadline: Instant) {

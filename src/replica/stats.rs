@@ -27,8 +27,8 @@ impl Replica {
     /// fdatasync each), `log_write_us` and `apply_commit_us` (microseconds the raft thread spent
     /// in log appends and the apply thread in committing batches, since open),
     /// `lease_reads_local` (lease reads answered on the caller's thread from the leader's
-    /// published lease), `votes_held` (campaigns of others ignored because this replica started
-    /// less than an election timeout before), `peers` (on
+    /// published lease), `votes_held` (campaigns of others ignored because this replica
+    /// restarted less than an election timeout before), `peers` (on
     /// the leader: `id`,
     /// `match_index`, `next_index`, `lag` = last index − match, `state`), and `transport`
     /// (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`, `snapshots_received`).

@@ -264,6 +264,15 @@ impl Cluster {
         extra: &[(&str, &str)],
         program_for: impl Fn(u64) -> Vec<String>,
     ) -> Cluster {
+        Cluster::start_each(n, |_| extra.to_vec(), program_for)
+    }
+
+    /// Starts `n` replicas, replica `id` hosted by `program_for(id)` with options `extra_for(id)`.
+    pub fn start_each<'a>(
+        n: usize,
+        extra_for: impl Fn(u64) -> Vec<(&'a str, &'a str)>,
+        program_for: impl Fn(u64) -> Vec<String>,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let peers: Vec<String> = ports
@@ -276,7 +285,7 @@ impl Cluster {
         for i in 0..n {
             let id = i as u64 + 1;
             let dir = tmp.path().join(format!("n{id}"));
-            let mut node = Node::new(program_for(id), id, &dir, &peers, extra);
+            let mut node = Node::new(program_for(id), id, &dir, &peers, &extra_for(id));
             node.start();
             nodes.push(node);
         }

@@ -27,7 +27,7 @@ use super::waiters::Attempt;
 use super::{ApplyTask, RaftMsg, Role, Shared};
 use crate::command::ConfContext;
 use crate::error::{Error, Result};
-use crate::storage::log_store::LogStore;
+use crate::storage::log_store::{LogStore, INIT_TERM};
 use crate::storage::snapshot::Staged;
 use crate::transport::Transport;
 
@@ -104,6 +104,14 @@ impl RaftLoop {
         timing: Timing,
     ) -> RaftLoop {
         let applied_seen = raw.raft.raft_log.applied;
+        // Leaders exist only in terms above the bootstrap term, and a follower persists the
+        // term of a leader before it answers one: a replica still at the bootstrap term never
+        // backed a leader's lease and has no reason to hold its vote.
+        let votes_held_until = if raw.raft.term > INIT_TERM {
+            Instant::now() + timing.election_timeout
+        } else {
+            Instant::now()
+        };
         RaftLoop {
             shared,
             raw,
@@ -128,7 +136,7 @@ impl RaftLoop {
             // last heard from this one; keep a fifth of it as margin for clock drift.
             lease_duration: timing.election_timeout * 4 / 5,
             lease_wanted: None,
-            votes_held_until: Instant::now() + timing.election_timeout,
+            votes_held_until,
             periodic: periodic::Periodic::default(),
         }
     }
@@ -275,7 +283,7 @@ impl RaftLoop {
     }
 
     /// True for a campaign (pre-vote or vote) of another replica that arrives less than an
-    /// election timeout after this replica started. Raft-rs ignores campaigns for an election
+    /// election timeout after this replica restarted. Raft-rs ignores campaigns for an election
     /// timeout after a follower last heard from its leader, which is what a leader's read lease
     /// counts on; a replica that crashed and restarted has forgotten when that was, so it
     /// assumes it was just before. A leadership transfer (the old leader gave up its lease
