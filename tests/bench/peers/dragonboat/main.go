@@ -123,7 +123,9 @@ func launch(cfg *loadgen.Config) error {
 // and proposals are not forwarded over the network.
 func leadOnReplica1(ctx context.Context, nh *dragonboat.NodeHost, children *loadgen.Children) error {
 	deadline := time.Now().Add(30 * time.Second)
-	requested := false
+	// A transfer can be lost (the leader changes meanwhile, or replica 1 is not
+	// caught up yet): ask again every two seconds until replica 1 leads.
+	var requested time.Time
 	for {
 		leader, _, ok, err := nh.GetLeaderID(shardID)
 		if err != nil {
@@ -132,11 +134,11 @@ func leadOnReplica1(ctx context.Context, nh *dragonboat.NodeHost, children *load
 		if ok && leader == 1 {
 			return nil
 		}
-		if ok && !requested {
+		if ok && time.Since(requested) > 2*time.Second {
 			if err := nh.RequestLeaderTransfer(shardID, 1); err != nil {
 				return err
 			}
-			requested = true
+			requested = time.Now()
 		}
 		if err := children.Exited(); err != nil {
 			return err
