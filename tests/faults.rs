@@ -56,6 +56,8 @@ struct Campaign {
     ops: u64,
     unknown: u64,
     acked_adds: u64,
+    lease_reads: u64,
+    lease_local: u64,
     faults: BTreeMap<String, u64>,
     violations: u64,
     lost: u64,
@@ -69,6 +71,8 @@ impl Campaign {
         self.ops += r.ops;
         self.unknown += r.unknown;
         self.acked_adds += r.adds_acked;
+        self.lease_reads += r.lease_reads;
+        self.lease_local += r.lease_local;
         for (k, v) in &r.faults {
             *self.faults.entry(k.clone()).or_default() += v;
         }
@@ -93,12 +97,15 @@ impl Campaign {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "schedules={} ops={} unknown_outcomes={} acked_set_writes={} faults={} ({}) \
+            "schedules={} ops={} unknown_outcomes={} acked_set_writes={} lease_reads={} \
+             lease_local={} faults={} ({}) \
              violations={} lost_acked_writes={} phantom_writes={} failed_schedules={}",
             self.schedules,
             self.ops,
             self.unknown,
             self.acked_adds,
+            self.lease_reads,
+            self.lease_local,
             faults,
             by_kind.join(" "),
             self.violations,
@@ -165,6 +172,11 @@ fn fault_schedules_are_linearizable_and_lose_nothing() {
     assert!(
         campaign.ops > 0 && campaign.faults.values().sum::<u64>() > 0,
         "the schedules did nothing: {}",
+        campaign.summary()
+    );
+    assert!(
+        campaign.lease_reads < 100 || campaign.lease_local > 0,
+        "no lease read was answered from a leader's lease, so the checker never saw one: {}",
         campaign.summary()
     );
 }

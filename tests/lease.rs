@@ -1,6 +1,6 @@
 //! Lease reads, with replicas in separate processes: the leader answers them on the caller's
-//! thread from the lease its raft thread publishes; a leadership transfer ends the lease before
-//! the new leader can write; a replica that restarts does not help elect another leader until
+//! thread from the lease its raft thread publishes; a leadership transfer ends the lease, for
+//! the rest of the term, before the transferee can campaign; a replica that restarts does not help elect another leader until
 //! an election timeout has passed, as if it had just heard from the old one (a fresh one, which
 //! never backed a leader, does).
 
@@ -57,6 +57,63 @@ fn the_leader_answers_lease_reads_itself_and_a_transfer_ends_its_lease() {
         assert_eq!(c.node(leader).cmd("lget k"), value, "round {round}");
         assert_eq!(c.node(target).cmd("lget k"), value, "round {round}");
         leader = target;
+    }
+}
+
+/// A transfer to a replica that cannot act on it (stopped) runs out, and the leader stays. The
+/// transferee may still campaign whenever it wakes up and reads its TimeoutNow, winning votes
+/// that ignore any lease, so the leader answers no lease read from its lease for the rest of
+/// the term; they still succeed, through ReadIndex.
+#[test]
+fn after_an_abandoned_transfer_the_leader_answers_no_read_from_its_lease_in_that_term() {
+    let opts = |_| {
+        let mut o = FAST_RAFT.to_vec();
+        o.retain(|(k, _)| *k != "request_timeout_ms");
+        o.push(("request_timeout_ms", "2000"));
+        o
+    };
+    let mut c = Cluster::start_each(3, opts, |_| vec![kvr_bin().display().to_string()]);
+    let leader = c.wait_leader();
+    let (target, other) = others(leader);
+    assert_eq!(c.node(leader).put("k", "v1"), "OK");
+    let commit = c.node(leader).status_u64("commit");
+    c.wait_applied(target, commit);
+    let before = stat(&mut c, leader, "lease_reads_local");
+    for _ in 0..5 {
+        assert_eq!(c.node(leader).cmd("lget k"), "v1");
+    }
+    assert!(
+        stat(&mut c, leader, "lease_reads_local") > before,
+        "the lease is in use"
+    );
+    let term = c.node(leader).status_u64("term");
+
+    c.node(target).signal("STOP");
+    // Asked on the third replica, so the leader's REPL stays free; it fails after 2 s.
+    let reply = c.node(other).cmd(&format!("transfer {target}"));
+    assert!(
+        reply.starts_with("ERR"),
+        "transfer to a stopped replica: {reply}"
+    );
+    // Raft gives a transfer up after an election timeout (300 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(c.node(leader).status_u64("leader"), leader);
+    assert_eq!(c.node(leader).status_u64("term"), term);
+    let before = stat(&mut c, leader, "lease_reads_local");
+    for _ in 0..20 {
+        assert_eq!(c.node(leader).cmd("lget k"), "v1");
+    }
+    assert_eq!(
+        stat(&mut c, leader, "lease_reads_local"),
+        before,
+        "a lease read was answered from the lease in the term of a transfer"
+    );
+
+    c.node(target).signal("CONT");
+    let now_leading = c.wait_leader();
+    assert_eq!(c.node(now_leading).put("k", "v2"), "OK");
+    for id in 1..=3 {
+        assert_eq!(c.node(id).cmd("lget k"), "v2", "node {id}");
     }
 }
 

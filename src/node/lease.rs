@@ -4,8 +4,9 @@
 //!
 //! The raft thread publishes the lease together with its commit index before it sends any
 //! message or hands any entry to the apply thread that a newer commit index lets go, and takes
-//! the lease back before it sends anything that lets another replica campaign at once (a
-//! leadership transfer). So a caller that finds the lease valid and the state machine at the
+//! the lease back, for the rest of the term, before it sends anything that lets another
+//! replica campaign at once (a leadership transfer's TimeoutNow, which the transferee may act
+//! on even after raft gave the transfer up). So a caller that finds the lease valid and the state machine at the
 //! published index reads a state that holds every write acknowledged before it looked, on this
 //! replica or any other.
 

@@ -102,6 +102,8 @@ pub struct Report {
     pub unknown: u64,
     pub failed_reads: u64,
     pub lease_reads: u64,
+    /// Lease reads the replicas (since their last start) answered from a leader's lease.
+    pub lease_local: u64,
     pub adds_acked: u64,
     pub faults: FaultCounts,
     pub violations: u64,
@@ -134,7 +136,8 @@ impl Report {
             .map(|(k, v)| format!("{k}:{v}"))
             .collect();
         format!(
-            "seed={} nodes={} ops={} ok={} unknown={} failed_reads={} lease_reads={} acked_adds={} \
+            "seed={} nodes={} ops={} ok={} unknown={} failed_reads={} lease_reads={} lease_local={} \
+             acked_adds={} \
              faults=[{}] \
              frames={}/{}dropped term={} violations={} lost={} phantoms={} {} | {} | {}",
             self.seed,
@@ -144,6 +147,7 @@ impl Report {
             self.unknown,
             self.failed_reads,
             self.lease_reads,
+            self.lease_local,
             self.adds_acked,
             faults.join(" "),
             self.frames.0,
@@ -382,5 +386,17 @@ fn check_status(cluster: &Cluster, report: &mut Report) {
         }
         report.term = report.term.max(n("term") as u64);
         report.status.push(st);
+        let stats = p.must("stats", Duration::from_secs(60));
+        report.lease_local += json_u64(&stats, "lease_reads_local").unwrap_or(0);
     }
+}
+
+/// The number `"field":N` in a flat JSON text, if present.
+fn json_u64(json: &str, field: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{field}\":"))? + field.len() + 3;
+    let digits: String = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
 }

@@ -90,6 +90,9 @@ pub struct RaftLoop {
     lease_wanted: Option<Instant>,
     /// Until when this replica ignores campaigns of others (see [`RaftLoop::holds_vote`]).
     votes_held_until: Instant,
+    /// A term in which this replica began a leadership transfer: no lease in it, since the
+    /// transferee may campaign whenever a TimeoutNow reaches it, even after raft gave up.
+    lease_barred_term: u64,
     periodic: periodic::Periodic,
 }
 
@@ -133,10 +136,12 @@ impl RaftLoop {
             pending_proposals: Vec::new(),
             lease_until: None,
             // Followers do not vote for another leader until an election timeout after they
-            // last heard from this one; keep a fifth of it as margin for clock drift.
-            lease_duration: timing.election_timeout * 4 / 5,
+            // last heard from this one, less a tick (the first tick after a heartbeat may come
+            // at once); keep a fifth of that as margin for clock drift.
+            lease_duration: timing.election_timeout.saturating_sub(timing.tick) * 4 / 5,
             lease_wanted: None,
             votes_held_until,
+            lease_barred_term: 0,
             periodic: periodic::Periodic::default(),
         }
     }
@@ -401,12 +406,14 @@ impl RaftLoop {
     }
 
     /// True when this leader may serve a read from its lease: a quorum confirmed its
-    /// leadership recently enough, no leadership transfer is under way (the transferee may
-    /// campaign at once), and it has committed an entry of its own term.
+    /// leadership recently enough, no leadership transfer began in this term (the transferee
+    /// may campaign at once, and still may after raft gave the transfer up), and it has
+    /// committed an entry of its own term.
     fn lease_valid(&self, now: Instant) -> bool {
         let r = &self.raw.raft;
         r.state == StateRole::Leader
             && r.lead_transferee.is_none()
+            && self.lease_barred_term != r.term
             && self.lease_until.is_some_and(|until| now < until)
             && r.raft_log.term(r.raft_log.committed).ok() == Some(r.term)
     }
@@ -547,6 +554,15 @@ impl RaftLoop {
         if msgs.is_empty() {
             return;
         }
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow)
+        {
+            // Whatever raft's state says by now, the transferee may campaign once this lands.
+            self.lease_barred_term = self.raw.raft.term;
+            self.lease_until = None;
+            self.shared.lease.revoke();
+        }
         match &mut self.transport {
             Some(t) => t.send(msgs),
             None => log::debug!(
@@ -671,9 +687,18 @@ impl RaftLoop {
         }
     }
 
+    /// Bars leases for the rest of the term once a leadership transfer has begun.
+    fn bar_lease_if_transferring(&mut self) {
+        if self.raw.raft.lead_transferee.is_some() {
+            self.lease_barred_term = self.raw.raft.term;
+            self.lease_until = None;
+        }
+    }
+
     /// Publishes the lease for callers on this replica: valid now, with the commit index their
     /// reads must see; or none.
-    fn publish_lease(&self) {
+    fn publish_lease(&mut self) {
+        self.bar_lease_if_transferring();
         match self.lease_until {
             Some(until) if self.lease_valid(Instant::now()) => {
                 self.shared
@@ -684,7 +709,7 @@ impl RaftLoop {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         self.publish_lease();
         let s = &self.shared;
         s.term.store(self.raw.raft.term, Ordering::Relaxed);
