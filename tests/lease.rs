@@ -36,6 +36,18 @@ fn the_leader_answers_lease_reads_itself_and_a_transfer_ends_its_lease() {
         local >= 15,
         "{local} of 20 lease reads answered from the lease"
     );
+    // Between writes too: the state machine lags the commit index then (writes are answered
+    // at commit), and the caller asks the apply thread to commit rather than go through the
+    // raft thread.
+    let before = stat(&mut c, leader, "lease_reads_local");
+    for i in 0..20 {
+        let value = format!("w{i}");
+        assert_eq!(c.node(leader).put("k", &value), "OK");
+        assert_eq!(c.node(leader).cmd("lget k"), value);
+    }
+    let local = stat(&mut c, leader, "lease_reads_local") - before;
+    assert!(local >= 15, "{local} of 20 lease reads after a write answered from the lease");
+    assert_eq!(c.node(leader).put("k", "v0"), "OK");
     let (f1, _) = others(leader);
     assert_eq!(
         stat(&mut c, f1, "lease_reads_local"),

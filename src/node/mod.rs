@@ -318,9 +318,14 @@ impl Shared {
     /// Waits until every write already answered on this replica is visible in its state
     /// machine (asking the apply thread to commit what it holds), or `deadline` passes.
     pub fn wait_replied_visible(&self, deadline: std::time::Instant) -> Result<()> {
-        let replied = self.replied_index.load(Ordering::Acquire);
-        while self.applied_index.load(Ordering::Acquire) < replied {
-            self.want_visible(replied);
+        self.wait_visible(self.replied_index.load(Ordering::Acquire), deadline)
+    }
+
+    /// Waits until readers see the state machine at `index` or later, asking the apply thread
+    /// to commit what it holds at once.
+    pub fn wait_visible(&self, index: u64, deadline: std::time::Instant) -> Result<()> {
+        while self.applied_index.load(Ordering::Acquire) < index {
+            self.want_visible(index);
             if self.stopping.load(Ordering::Acquire) {
                 return Err(self.stopped_error());
             }
@@ -329,7 +334,7 @@ impl Shared {
                 return Err(Error::Timeout);
             }
             let seen = self.applied_index.load(Ordering::Acquire);
-            if seen >= replied {
+            if seen >= index {
                 break;
             }
             self.wait_applied(seen, deadline - now);

@@ -444,10 +444,10 @@ impl Replica {
 
     /// Waits until reading locally is linearizable; `lease` lets a leader answer from its lease.
     fn read_barrier_with(&self, lease: bool) -> Result<()> {
-        if lease && self.lease_readable() {
+        let deadline = Instant::now() + self.timeout();
+        if lease && self.lease_readable(deadline) {
             return Ok(());
         }
-        let deadline = Instant::now() + self.timeout();
         let mut last_err = Error::Timeout;
         loop {
             self.check_open()?;
@@ -470,19 +470,20 @@ impl Replica {
         }
     }
 
-    /// True when this replica leads under a lease the raft thread published and its state
-    /// machine holds the commit index published with it: reading locally is then a lease read,
-    /// without a word to the raft thread.
-    fn lease_readable(&self) -> bool {
+    /// True when this replica leads under a lease the raft thread published, once its state
+    /// machine holds the commit index published with it (the apply thread is asked to commit
+    /// what it holds when it does not yet): reading locally is then a lease read, without a
+    /// word to the raft thread.
+    fn lease_readable(&self, deadline: Instant) -> bool {
         let s = &self.shared;
-        let readable = s
-            .lease
-            .read_index(Instant::now())
-            .is_some_and(|index| s.applied_index.load(Ordering::Acquire) >= index);
-        if readable {
-            s.lease_reads_local.fetch_add(1, Ordering::Relaxed);
+        let Some(index) = s.lease.read_index(Instant::now()) else {
+            return false;
+        };
+        if s.wait_visible(index, deadline).is_err() {
+            return false;
         }
-        readable
+        s.lease_reads_local.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     fn pause(&self, deadline: Instant) {
