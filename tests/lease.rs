@@ -46,7 +46,10 @@ fn the_leader_answers_lease_reads_itself_and_a_transfer_ends_its_lease() {
         assert_eq!(c.node(leader).cmd("lget k"), value);
     }
     let local = stat(&mut c, leader, "lease_reads_local") - before;
-    assert!(local >= 15, "{local} of 20 lease reads after a write answered from the lease");
+    assert!(
+        local >= 15,
+        "{local} of 20 lease reads after a write answered from the lease"
+    );
     assert_eq!(c.node(leader).put("k", "v0"), "OK");
     let (f1, _) = others(leader);
     assert_eq!(
