@@ -444,8 +444,9 @@ impl Replica {
 
     /// Waits until reading locally is linearizable; `lease` lets a leader answer from its lease.
     fn read_barrier_with(&self, lease: bool) -> Result<()> {
-        let deadline = Instant::now() + self.timeout();
-        if lease && self.lease_readable(deadline) {
+        let now = Instant::now();
+        let deadline = now + self.timeout();
+        if lease && self.lease_readable(now, deadline) {
             return Ok(());
         }
         let mut last_err = Error::Timeout;
@@ -474,9 +475,9 @@ impl Replica {
     /// machine holds the commit index published with it (the apply thread is asked to commit
     /// what it holds when it does not yet): reading locally is then a lease read, without a
     /// word to the raft thread.
-    fn lease_readable(&self, deadline: Instant) -> bool {
+    fn lease_readable(&self, now: Instant, deadline: Instant) -> bool {
         let s = &self.shared;
-        let Some(index) = s.lease.read_index(Instant::now()) else {
+        let Some(index) = s.lease.read_index(now) else {
             return false;
         };
         if s.wait_visible(index, deadline).is_err() {

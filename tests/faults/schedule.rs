@@ -387,16 +387,9 @@ fn check_status(cluster: &Cluster, report: &mut Report) {
         report.term = report.term.max(n("term") as u64);
         report.status.push(st);
         let stats = p.must("stats", Duration::from_secs(60));
-        report.lease_local += json_u64(&stats, "lease_reads_local").unwrap_or(0);
+        report.lease_local += crate::common::json_numbers(&stats, "lease_reads_local")
+            .first()
+            .copied()
+            .unwrap_or(0);
     }
-}
-
-/// The number `"field":N` in a flat JSON text, if present.
-fn json_u64(json: &str, field: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{field}\":"))? + field.len() + 3;
-    let digits: String = json[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
 }

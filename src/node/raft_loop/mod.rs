@@ -90,8 +90,9 @@ pub struct RaftLoop {
     lease_wanted: Option<Instant>,
     /// Until when this replica ignores campaigns of others (see [`RaftLoop::holds_vote`]).
     votes_held_until: Instant,
-    /// A term in which this replica began a leadership transfer: no lease in it, since the
-    /// transferee may campaign whenever a TimeoutNow reaches it, even after raft gave up.
+    /// A term in which this replica sent a leadership transfer's TimeoutNow: no lease in it,
+    /// since the transferee may campaign whenever the message reaches it, even after raft gave
+    /// the transfer up.
     lease_barred_term: u64,
     periodic: periodic::Periodic,
 }
@@ -221,7 +222,7 @@ impl RaftLoop {
                 if self.holds_vote(&msg, now) {
                     self.shared.votes_held.fetch_add(1, Ordering::Relaxed);
                     log::debug!(
-                        "node {}: ignored a campaign of node {} (term {}): started less than an \
+                        "node {}: ignored a campaign of node {} (term {}): restarted less than an \
                          election timeout ago",
                         self.shared.node_id,
                         msg.from,
@@ -406,9 +407,9 @@ impl RaftLoop {
     }
 
     /// True when this leader may serve a read from its lease: a quorum confirmed its
-    /// leadership recently enough, no leadership transfer began in this term (the transferee
-    /// may campaign at once, and still may after raft gave the transfer up), and it has
-    /// committed an entry of its own term.
+    /// leadership recently enough, no leadership transfer is under way and none sent its
+    /// TimeoutNow in this term (the transferee may campaign at once, and still may after raft
+    /// gave the transfer up), and it has committed an entry of its own term.
     fn lease_valid(&self, now: Instant) -> bool {
         let r = &self.raw.raft;
         r.state == StateRole::Leader
@@ -687,18 +688,9 @@ impl RaftLoop {
         }
     }
 
-    /// Bars leases for the rest of the term once a leadership transfer has begun.
-    fn bar_lease_if_transferring(&mut self) {
-        if self.raw.raft.lead_transferee.is_some() {
-            self.lease_barred_term = self.raw.raft.term;
-            self.lease_until = None;
-        }
-    }
-
     /// Publishes the lease for callers on this replica: valid now, with the commit index their
     /// reads must see; or none.
-    fn publish_lease(&mut self) {
-        self.bar_lease_if_transferring();
+    fn publish_lease(&self) {
         match self.lease_until {
             Some(until) if self.lease_valid(Instant::now()) => {
                 self.shared
@@ -709,7 +701,7 @@ impl RaftLoop {
         }
     }
 
-    fn publish(&mut self) {
+    fn publish(&self) {
         self.publish_lease();
         let s = &self.shared;
         s.term.store(self.raw.raft.term, Ordering::Relaxed);
