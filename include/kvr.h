@@ -482,13 +482,15 @@ int kvr_members(struct kvr *db, struct kvr_buf *out);
  * `duplicates`, `log_writes` (log appends, one fdatasync each), `log_write_us` and
  * `apply_commit_us` (microseconds spent in log appends and in committing apply batches since
  * open), `lease_reads_local` (lease reads answered from the leader's lease on the caller's
- * thread), `votes_held` (campaigns of others ignored within an election timeout of this
+ * thread), `read_rounds` (ReadIndex rounds started for linearizable reads, each serving every
+ * read that joined it), `votes_held` (campaigns of others ignored within an election timeout of this
  * replica's restart), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
  * `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
  * `snapshots_received`). Never blocks on the network.
  * Codes: `KVR_OK`, `KVR_INVALID_ARG`, `KVR_CLOSED`.
  */
-int kvr_stats(struct kvr *db, struct kvr_buf *out);
+int kvr_stats(struct kvr *db,
+              struct kvr_buf *out);
 
 /**
  * Writes a consistent copy of this replica's state machine, as of one LMDB read txn, to the

@@ -131,6 +131,7 @@ type Stats struct {
 	LogWriteMicros     uint64         `json:"log_write_us"`      // time spent in log appends
 	ApplyCommitMicros  uint64         `json:"apply_commit_us"`   // time spent committing apply batches
 	LeaseReadsLocal    uint64         `json:"lease_reads_local"` // lease reads answered without the raft thread
+	ReadRounds         uint64         `json:"read_rounds"`       // ReadIndex rounds, each serving many reads
 	VotesHeld          uint64         `json:"votes_held"`        // campaigns ignored just after a restart
 	Peers              []PeerStats    `json:"peers"`
 	Transport          TransportStats `json:"transport"`

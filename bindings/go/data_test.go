@@ -287,7 +287,8 @@ func TestStatsReportTheDocumentedFields(t *testing.T) {
 		"first_index", "last_index", "log_entries", "log_bytes", "data_bytes", "snapshot_index",
 		"snapshots_taken", "snapshots_installed", "snapshots_sent", "proposals_total", "proposals_per_s",
 		"apply_batches", "apply_batch_avg", "apply_batch_max", "entries_applied", "duplicates",
-		"log_writes", "log_write_us", "apply_commit_us", "lease_reads_local", "votes_held", "peers",
+		"log_writes", "log_write_us", "apply_commit_us", "lease_reads_local", "read_rounds", "votes_held",
+		"peers",
 		"transport"} {
 		if _, ok := fields[f]; !ok {
 			t.Errorf("stats lack %q: %s", f, raw)

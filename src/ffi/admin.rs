@@ -72,7 +72,8 @@ pub unsafe extern "C" fn kvr_members(db: *mut kvr, out: *mut kvr_buf) -> c_int {
 /// `duplicates`, `log_writes` (log appends, one fdatasync each), `log_write_us` and
 /// `apply_commit_us` (microseconds spent in log appends and in committing apply batches since
 /// open), `lease_reads_local` (lease reads answered from the leader's lease on the caller's
-/// thread), `votes_held` (campaigns of others ignored within an election timeout of this
+/// thread), `read_rounds` (ReadIndex rounds started for linearizable reads, each serving every
+/// read that joined it), `votes_held` (campaigns of others ignored within an election timeout of this
 /// replica's restart), `peers` (leader only: `id`, `match_index`, `next_index`, `lag`, `state`) and
 /// `transport` (`sent`, `received`, `dropped`, `refused`, `snapshot_bytes_sent`,
 /// `snapshots_received`). Never blocks on the network.

@@ -4,12 +4,14 @@
 //! - [`apply`]: the apply thread, sole writer of the state machine.
 //! - [`waiters`]: callers blocked on a proposal, completed by the apply thread.
 //! - [`lease`]: the leader's read lease, published for callers by the raft thread.
+//! - [`read_rounds`]: linearizable reads confirmed in rounds, waited for by the callers.
 
 pub mod apply;
 pub mod execute;
 pub mod host;
 pub mod lease;
 pub mod raft_loop;
+pub mod read_rounds;
 pub mod waiters;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -33,7 +35,9 @@ pub enum RaftMsg {
         /// Encoded [`crate::command::Command`].
         data: Vec<u8>,
     },
-    /// Linearizable read barrier: reply once the state machine has applied the read index.
+    /// A caller joined the next read round (see [`read_rounds`]).
+    ReadWanted,
+    /// Read barrier: reply once the state machine has applied the read index.
     Read {
         /// Completed with `Ok` when reading locally is linearizable.
         reply: Sender<Result<()>>,
@@ -226,6 +230,8 @@ pub struct Shared {
     pub progress: Mutex<Vec<crate::replica::PeerProgress>>,
     /// The leader's read lease, as the raft thread last published it.
     pub lease: lease::LeaseCell,
+    /// Linearizable read rounds, started by the raft thread and waited for by callers.
+    pub read_rounds: read_rounds::ReadRounds,
     /// Lease reads a caller answered from the published lease, without the raft thread.
     pub lease_reads_local: AtomicU64,
     /// Campaigns of other replicas ignored because this one restarted less than an election

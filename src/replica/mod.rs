@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::node::apply::{Applier, ApplySettings};
 use crate::node::host::NodeHost;
 use crate::node::raft_loop::{RaftLoop, Timing};
+use crate::node::read_rounds::RoundWait;
 use crate::node::waiters::{Attempt, Waiters};
 use crate::node::{ApplyTask, RaftMsg, Role, Shared};
 use crate::storage::log_store::LogStore;
@@ -449,6 +450,9 @@ impl Replica {
         if lease && self.lease_readable(now, deadline) {
             return Ok(());
         }
+        if !lease {
+            return self.read_round(deadline);
+        }
         let mut last_err = Error::Timeout;
         loop {
             self.check_open()?;
@@ -467,6 +471,38 @@ impl Replica {
                 Err(RecvTimeoutError::Timeout) => last_err = Error::Timeout,
                 // Raft lost the request (leader change): ask again.
                 Err(RecvTimeoutError::Disconnected) => self.pause(deadline),
+            }
+        }
+    }
+
+    /// A linearizable read: waits for a ReadIndex round started after this call (one round
+    /// serves every caller that joined it), then for the state machine to hold its index.
+    fn read_round(&self, deadline: Instant) -> Result<()> {
+        let rounds = &self.shared.read_rounds;
+        let mut last_err = Error::Timeout;
+        loop {
+            self.check_open()?;
+            if Instant::now() >= deadline {
+                return Err(self.explain(last_err));
+            }
+            let (need, wake) = rounds.join();
+            if wake {
+                self.send_to_raft(RaftMsg::ReadWanted, deadline)?;
+            }
+            match rounds.wait(need, deadline, &self.shared.stopping) {
+                RoundWait::Confirmed(index) => {
+                    return match self.shared.wait_visible(index, deadline) {
+                        Err(Error::Timeout) => Err(self.explain(Error::Timeout)),
+                        r => r,
+                    };
+                }
+                RoundWait::NoLeader => {
+                    last_err = Error::NoLeader;
+                    self.pause(deadline);
+                }
+                RoundWait::Timeout => last_err = Error::Timeout,
+                // Lost with a leader change, or the replica stops: look again.
+                RoundWait::Abandoned | RoundWait::Stopped => {}
             }
         }
     }
@@ -609,6 +645,7 @@ fn new_shared(
         log_bytes: AtomicU64::new(log.disk_bytes()),
         progress: Mutex::new(Vec::new()),
         lease: Default::default(),
+        read_rounds: Default::default(),
         lease_reads_local: AtomicU64::new(0),
         votes_held: AtomicU64::new(0),
         applied_signal: Condvar::new(),

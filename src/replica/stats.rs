@@ -27,7 +27,8 @@ impl Replica {
     /// fdatasync each), `log_write_us` and `apply_commit_us` (microseconds the raft thread spent
     /// in log appends and the apply thread in committing batches, since open),
     /// `lease_reads_local` (lease reads answered on the caller's thread from the leader's
-    /// published lease), `votes_held` (campaigns of others ignored because this replica
+    /// published lease), `read_rounds` (ReadIndex rounds started for linearizable reads; one
+    /// serves every read that joined it), `votes_held` (campaigns of others ignored because this replica
     /// restarted less than an election timeout before), `peers` (on
     /// the leader: `id`,
     /// `match_index`, `next_index`, `lag` = last index − match, `state`), and `transport`
@@ -79,6 +80,7 @@ impl Replica {
                 "lease_reads_local",
                 s.lease_reads_local.load(Ordering::Relaxed),
             )
+            .kv_u64("read_rounds", s.read_rounds.last_started())
             .kv_u64("votes_held", s.votes_held.load(Ordering::Relaxed))
             .key("peers")
             .begin_array();

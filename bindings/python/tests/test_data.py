@@ -195,8 +195,8 @@ def test_stats_report_the_documented_fields(replica: kvr.Replica) -> None:
         "last_index", "log_entries", "log_bytes", "data_bytes", "snapshot_index", "snapshots_taken",
         "snapshots_installed", "snapshots_sent", "proposals_total", "proposals_per_s",
         "apply_batches", "apply_batch_avg", "apply_batch_max", "entries_applied", "duplicates",
-        "log_writes", "log_write_us", "apply_commit_us", "lease_reads_local", "votes_held", "peers",
-        "transport",
+        "log_writes", "log_write_us", "apply_commit_us", "lease_reads_local", "read_rounds", "votes_held",
+        "peers", "transport",
     }  # fmt: skip
     assert expected <= set(s), expected - set(s)
     assert s["node_id"] == 1 and s["role"] == "leader" and s["leader_id"] == 1

@@ -12,7 +12,7 @@
 //! Every proposal that arrived while the previous Ready was being persisted lands in the next
 //! Ready: that is the group commit, one fsync for many writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,13 @@ mod periodic;
 
 /// A caller waiting for a linearizable read to be possible.
 type ReadWaiter = Sender<Result<()>>;
+
+/// Marks the context of a ReadIndex request that is a read round (the rest is its number);
+/// other contexts name a batch of waiters.
+const ROUND_CTX: u64 = 1 << 63;
+/// Most read rounds in flight: callers who arrive meanwhile join the next one, so that a burst
+/// of reads costs a few quorum rounds, not one for every iteration of the raft thread.
+const ROUNDS_IN_FLIGHT_MAX: usize = 2;
 
 /// Most inbox messages handled before the next Ready.
 const INBOX_BATCH_MAX: usize = 4096;
@@ -67,6 +74,8 @@ pub struct RaftLoop {
     read_expiry: Duration,
     pending_reads: Vec<ReadWaiter>,
     read_batches: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
+    /// Read rounds issued and not yet settled, oldest first, with when each was issued.
+    rounds_in_flight: VecDeque<(u64, Instant)>,
     next_read_ctx: u64,
     applied_seen: u64,
     /// Last committed entry handed to the apply thread.
@@ -126,6 +135,7 @@ impl RaftLoop {
             read_expiry: timing.election_timeout,
             pending_reads: Vec::new(),
             read_batches: HashMap::new(),
+            rounds_in_flight: VecDeque::new(),
             next_read_ctx: 1,
             applied_seen,
             handed: applied_seen,
@@ -158,7 +168,11 @@ impl RaftLoop {
         }
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = if self.round_due() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.inbox.recv_timeout(wait) {
                 Ok(m) => {
                     if self.handle(m) {
@@ -208,6 +222,8 @@ impl RaftLoop {
                 self.shared.proposals.fetch_add(1, Ordering::Relaxed);
                 self.pending_proposals.push((seq, data));
             }
+            // The round is started by `flush_reads`, for every caller that joined it.
+            RaftMsg::ReadWanted => {}
             RaftMsg::Read {
                 reply,
                 lease: false,
@@ -374,9 +390,14 @@ impl RaftLoop {
         }
     }
 
-    /// Answers lease reads from a valid lease, and turns the other reads that arrived in this
-    /// iteration into one ReadIndex request.
+    /// Answers lease reads from a valid lease, turns the other reads that arrived in this
+    /// iteration into one ReadIndex request, and starts a read round if callers joined one.
     fn flush_reads(&mut self) {
+        if self.rounds_in_flight.len() < ROUNDS_IN_FLIGHT_MAX
+            && self.shared.read_rounds.take_wanted()
+        {
+            self.start_round();
+        }
         if !self.pending_lease_reads.is_empty() {
             let lease_reads = std::mem::take(&mut self.pending_lease_reads);
             if self.lease_valid(Instant::now()) {
@@ -397,6 +418,33 @@ impl RaftLoop {
             return;
         }
         self.request_read_index(waiters);
+    }
+
+    /// True when callers wait for a read round that may start now (one settled since they
+    /// asked for it).
+    fn round_due(&self) -> bool {
+        self.rounds_in_flight.len() < ROUNDS_IN_FLIGHT_MAX && self.shared.read_rounds.wanted()
+    }
+
+    /// Starts a read round for the callers that joined it (see [`crate::node::read_rounds`]).
+    fn start_round(&mut self) {
+        let rounds = &self.shared.read_rounds;
+        let round = rounds.start();
+        if self.raw.raft.leader_id == INVALID_ID {
+            rounds.abandon(round, true);
+            return;
+        }
+        self.raw
+            .read_index((ROUND_CTX | round).to_le_bytes().to_vec());
+        self.rounds_in_flight.push_back((round, Instant::now()));
+    }
+
+    /// Gives up every read round in flight: their callers ask again.
+    fn abandon_rounds(&mut self) {
+        if let Some(&(last, _)) = self.rounds_in_flight.back() {
+            self.shared.read_rounds.abandon(last, false);
+        }
+        self.rounds_in_flight.clear();
     }
 
     fn request_read_index(&mut self, waiters: Vec<ReadWaiter>) {
@@ -424,6 +472,17 @@ impl RaftLoop {
         let expiry = self.read_expiry;
         self.read_batches
             .retain(|_, (at, _)| now.duration_since(*at) < expiry);
+        let mut lost = None;
+        while let Some(&(round, at)) = self.rounds_in_flight.front() {
+            if now.duration_since(at) < expiry {
+                break;
+            }
+            lost = Some(round);
+            self.rounds_in_flight.pop_front();
+        }
+        if let Some(round) = lost {
+            self.shared.read_rounds.abandon(round, false);
+        }
     }
 
     fn advance_applied(&mut self) {
@@ -522,6 +581,9 @@ impl RaftLoop {
         if self.raw.raft.state != StateRole::Leader {
             self.lease_until = None;
         }
+        // Raft drops the read requests in flight when this replica's role changes, and the
+        // leader a follower asked may no longer answer: their callers ask again at once.
+        self.abandon_rounds();
         let old = self.shared.leader_id.swap(leader, Ordering::Relaxed);
         if old != leader {
             log::info!(
@@ -660,17 +722,45 @@ impl RaftLoop {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            let Some((issued, waiters)) = self.read_batches.remove(&u64::from_le_bytes(ctx)) else {
+            let ctx = u64::from_le_bytes(ctx);
+            if ctx & ROUND_CTX != 0 {
+                self.settle_round(ctx & !ROUND_CTX, rs.index);
+                continue;
+            }
+            let Some((issued, waiters)) = self.read_batches.remove(&ctx) else {
                 continue;
             };
             if self.raw.raft.state == StateRole::Leader {
-                // A quorum answered after `issued`: none of them votes for another leader
-                // before an election timeout from then.
-                let until = issued + self.lease_duration;
-                self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+                self.extend_lease(issued);
             }
             self.answer_reads(rs.index, waiters);
         }
+    }
+
+    /// A quorum confirmed read round `round` at `index`: its callers (and those of every
+    /// earlier round) may read once their state machine holds `index`.
+    fn settle_round(&mut self, round: u64, index: u64) {
+        let mut issued = None;
+        while let Some(&(r, at)) = self.rounds_in_flight.front() {
+            if r > round {
+                break;
+            }
+            if r == round {
+                issued = Some(at);
+            }
+            self.rounds_in_flight.pop_front();
+        }
+        if let (Some(issued), StateRole::Leader) = (issued, self.raw.raft.state) {
+            self.extend_lease(issued);
+        }
+        self.shared.read_rounds.confirm(round, index);
+    }
+
+    /// A quorum answered a request issued at `issued`: none of them votes for another leader
+    /// before an election timeout from then.
+    fn extend_lease(&mut self, issued: Instant) {
+        let until = issued + self.lease_duration;
+        self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
     }
 
     /// Lets `waiters` read once the state machine holds `index`: at once when it does already
@@ -721,6 +811,9 @@ impl RaftLoop {
             let _ = w.try_send(Err(Error::Closed));
         }
         self.read_batches.clear();
+        self.shared
+            .read_rounds
+            .abandon(self.shared.read_rounds.last_started(), false);
         if let Some(mut t) = self.transport.take() {
             t.shutdown();
         }
