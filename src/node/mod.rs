@@ -279,6 +279,7 @@ impl Shared {
         }
         drop(f);
         self.stopping.store(true, Ordering::SeqCst);
+        self.read_rounds.wake_all();
         self.waiters.fail_all(&e);
     }
 

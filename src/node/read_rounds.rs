@@ -9,8 +9,9 @@
 //!
 //! Waking a sleeping thread is the dearest part of a read (an inter-processor interrupt, in a
 //! virtual machine an exit), so the raft thread does not wake a round's callers one by one: it
-//! wakes two, and each caller woken by a round wakes two more before it reads. The wake-ups
-//! spread over the callers' threads as a tree, and the raft thread goes back to its work.
+//! wakes [`FANOUT`], and each caller woken by a round wakes as many more before it reads. The
+//! wake-ups spread over the callers' threads as a tree, and the raft thread goes back to its
+//! work.
 //!
 //! Why it is linearizable: the raft thread raises `started` before it calls `read_index`, so a
 //! round numbered above what a caller saw was issued after the caller looked, and its read
@@ -47,8 +48,9 @@ pub enum RoundWait {
 }
 
 /// Rounds as the raft thread starts and settles them.
-#[derive(Default)]
 pub struct ReadRounds {
+    /// Longest a caller sleeps before it looks again ([`NAP_MAX`]).
+    nap: Duration,
     /// Last round started.
     started: AtomicU64,
     /// Highest round confirmed.
@@ -65,6 +67,12 @@ pub struct ReadRounds {
     slots: [CachePadded<Slot>; SLOTS as usize],
 }
 
+impl Default for ReadRounds {
+    fn default() -> Self {
+        ReadRounds::with_nap(NAP_MAX)
+    }
+}
+
 /// A word callers sleep on.
 #[derive(Default)]
 struct Slot {
@@ -77,6 +85,19 @@ struct Slot {
 }
 
 impl ReadRounds {
+    fn with_nap(nap: Duration) -> ReadRounds {
+        ReadRounds {
+            nap,
+            started: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            index: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            leaderless: AtomicU64::new(0),
+            wanted: AtomicBool::new(false),
+            slots: Default::default(),
+        }
+    }
+
     /// Caller: the round its read needs, and whether it must wake the raft thread (no other
     /// caller asked since the raft thread last looked).
     pub fn join(&self) -> (u64, bool) {
@@ -109,7 +130,7 @@ impl ReadRounds {
                 return RoundWait::Timeout;
             }
             slot.sleepers.fetch_add(1, Ordering::SeqCst);
-            slot.sleep(settled, (deadline - now).min(NAP_MAX));
+            slot.sleep(settled, (deadline - now).min(self.nap));
             slot.sleepers.fetch_sub(1, Ordering::SeqCst);
             if slot.settled.load(Ordering::SeqCst) != settled {
                 // Woken by a round: pass the wake-up on before looking at it.
@@ -152,7 +173,16 @@ impl ReadRounds {
             self.leaderless.fetch_max(through, Ordering::SeqCst);
         }
         let before = self.abandoned.fetch_max(through, Ordering::SeqCst);
-        self.settle(before, through);
+        // Callers of confirmed rounds are woken already.
+        self.settle(before.max(self.confirmed.load(Ordering::SeqCst)), through);
+    }
+
+    /// Wakes every sleeping caller, to look at the replica's state (it is stopping).
+    pub fn wake_all(&self) {
+        for slot in &self.slots {
+            slot.settled.fetch_add(1, Ordering::SeqCst);
+            slot.wake(i32::MAX);
+        }
     }
 
     /// Rounds after `before` up to `through` settled: starts waking their callers.
@@ -183,14 +213,21 @@ impl Slot {
         };
         // SAFETY: the futex word is a live AtomicU32 and `ts` outlives the call; FUTEX_WAIT
         // only reads both. It returns at once if the word no longer holds `seen`.
-        unsafe {
+        let r = unsafe {
             libc::syscall(
                 libc::SYS_futex,
                 self.settled.as_ptr(),
                 libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
                 seen,
                 &ts as *const libc::timespec,
-            );
+            )
+        };
+        if r == -1 {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            if !matches!(e, Some(libc::EAGAIN | libc::EINTR | libc::ETIMEDOUT)) {
+                // No futex here (a sandbox that forbids it): poll instead of spinning.
+                std::thread::sleep(timeout.min(Duration::from_micros(200)));
+            }
         }
     }
 
@@ -230,7 +267,7 @@ mod tests {
     use std::sync::Arc;
 
     fn soon() -> Instant {
-        Instant::now() + Duration::from_secs(5)
+        Instant::now() + Duration::from_secs(20)
     }
 
     #[test]
@@ -294,10 +331,12 @@ mod tests {
     }
 
     #[test]
-    fn sleeping_callers_wake_when_their_round_confirms() {
-        let r = Arc::new(ReadRounds::default());
+    fn sleeping_callers_wake_each_other_when_their_round_confirms() {
+        // Naps longer than the deadline: only the wake-ups can let them go in time.
+        let r = Arc::new(ReadRounds::with_nap(Duration::from_secs(60)));
         let stop = Arc::new(AtomicBool::new(false));
-        let callers: Vec<_> = (0..8)
+        let sleepers = 4 * FANOUT as u32 * FANOUT as u32;
+        let callers: Vec<_> = (0..sleepers)
             .map(|_| {
                 let (r, stop) = (r.clone(), stop.clone());
                 let (need, _) = r.join();
@@ -305,13 +344,41 @@ mod tests {
             })
             .collect();
         let slot = &r.slots[(r.last_started() + 1) as usize % SLOTS as usize];
-        while slot.sleepers.load(Ordering::SeqCst) < 8 {
+        let asleep_by = Instant::now() + Duration::from_secs(30);
+        while slot.sleepers.load(Ordering::SeqCst) < sleepers {
+            assert!(
+                Instant::now() < asleep_by,
+                "the callers never went to sleep"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
+        let confirmed_at = Instant::now();
         let round = r.start();
         r.confirm(round, 42);
         for c in callers {
             assert_eq!(c.join().unwrap(), RoundWait::Confirmed(42));
         }
+        // Without the wake-ups they would sleep out their deadline (20 s).
+        assert!(confirmed_at.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stopping_wakes_every_sleeper() {
+        let r = Arc::new(ReadRounds::with_nap(Duration::from_secs(60)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (need, _) = r.join();
+        let caller = {
+            let (r, stop) = (r.clone(), stop.clone());
+            std::thread::spawn(move || r.wait(need, soon(), &stop))
+        };
+        let slot = &r.slots[need as usize % SLOTS as usize];
+        let asleep_by = Instant::now() + Duration::from_secs(10);
+        while slot.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < asleep_by, "the caller never went to sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::SeqCst);
+        r.wake_all();
+        assert_eq!(caller.join().unwrap(), RoundWait::Stopped);
     }
 }

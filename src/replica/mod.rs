@@ -268,6 +268,7 @@ impl Replica {
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.notify_applied();
+        self.shared.read_rounds.wake_all();
         let _ = self.inbox.try_send(RaftMsg::Shutdown);
         let mut t = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = t.listener.as_mut() {

@@ -355,6 +355,9 @@ fn point_json(p: &Point) -> Json {
     ) else {
         unreachable!("stats_point builds an object")
     };
+    if let Some(n) = p.reads.as_ref().and_then(|r| r.reads_per_round()) {
+        f.push(("read_reads_per_round".to_string(), n.into()));
+    }
     if let Some(s) = &p.lease {
         put_stats(&mut f, "lease_", "lease_reads_per_s", &s.stats);
     }

@@ -44,6 +44,8 @@ pub struct Profile {
     pub disk_bytes: f64,
     /// Writes the clients completed.
     pub client_writes: f64,
+    /// ReadIndex rounds replica 1 started.
+    pub read_rounds: f64,
 }
 
 impl Profile {
@@ -62,6 +64,7 @@ impl Profile {
             apply_batches: j.num("apply_batches")?,
             entries_applied: j.num("entries_applied")?,
             apply_commit_us: j.num("apply_commit_us")?,
+            read_rounds: j.num("read_rounds")?,
         })
     }
 
@@ -75,6 +78,7 @@ impl Profile {
             apply_commit_us: self.apply_commit_us - before.apply_commit_us,
             disk_bytes: self.disk_bytes - before.disk_bytes,
             client_writes: 0.0,
+            read_rounds: self.read_rounds - before.read_rounds,
         }
     }
 
@@ -118,6 +122,14 @@ pub struct Point {
     pub reads: Option<Phase>,
     pub lease: Option<Phase>,
     pub stale: Option<Phase>,
+}
+
+impl Phase {
+    /// Reads per ReadIndex round replica 1 started over the window (linearizable reads).
+    pub fn reads_per_round(&self) -> Option<f64> {
+        let rounds = self.profile?.read_rounds;
+        (rounds > 0.0).then(|| self.stats.ops as f64 / rounds)
+    }
 }
 
 impl Point {

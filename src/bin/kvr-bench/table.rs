@@ -166,6 +166,26 @@ fn reads(r: &Report, out: &mut String) {
         ],
         &rows,
     ));
+    let per_round: Vec<String> = r
+        .opts
+        .concurrency
+        .iter()
+        .filter_map(|&c| {
+            let n = r
+                .kvr_point(Api::Rust, c)?
+                .reads
+                .as_ref()?
+                .reads_per_round()?;
+            Some(format!("c={c} {n:.1}"))
+        })
+        .collect();
+    if !per_round.is_empty() {
+        let _ = writeln!(
+            out,
+            "kvr linearizable reads per ReadIndex round: {}",
+            per_round.join(", ")
+        );
+    }
 }
 
 fn ratios(r: &Report, out: &mut String) {

@@ -36,12 +36,15 @@ mod periodic;
 /// A caller waiting for a linearizable read to be possible.
 type ReadWaiter = Sender<Result<()>>;
 
-/// Marks the context of a ReadIndex request that is a read round (the rest is its number);
-/// other contexts name a batch of waiters.
+/// Marks the number of a ReadIndex request that is a read round (the rest is the round's
+/// number); other numbers name a batch of waiters.
 const ROUND_CTX: u64 = 1 << 63;
 /// Most read rounds in flight: callers who arrive meanwhile join the next one, so that a burst
 /// of reads costs a few quorum rounds, not one for every iteration of the raft thread.
 const ROUNDS_IN_FLIGHT_MAX: usize = 2;
+/// Ticks after which a read round still unanswered (its request or answer may be lost) no
+/// longer holds the next one back; it still settles if its answer comes.
+const ROUND_PATIENCE_TICKS: u32 = 2;
 
 /// Most inbox messages handled before the next Ready.
 const INBOX_BATCH_MAX: usize = 4096;
@@ -393,9 +396,11 @@ impl RaftLoop {
     /// Answers lease reads from a valid lease, turns the other reads that arrived in this
     /// iteration into one ReadIndex request, and starts a read round if callers joined one.
     fn flush_reads(&mut self) {
-        if self.rounds_in_flight.len() < ROUNDS_IN_FLIGHT_MAX
-            && self.shared.read_rounds.take_wanted()
-        {
+        if !self.reads_may_start() {
+            // Raft would drop the requests; they wait for the leader's first commit.
+            return;
+        }
+        if self.rounds_pending() < ROUNDS_IN_FLIGHT_MAX && self.shared.read_rounds.take_wanted() {
             self.start_round();
         }
         if !self.pending_lease_reads.is_empty() {
@@ -423,7 +428,36 @@ impl RaftLoop {
     /// True when callers wait for a read round that may start now (one settled since they
     /// asked for it).
     fn round_due(&self) -> bool {
-        self.rounds_in_flight.len() < ROUNDS_IN_FLIGHT_MAX && self.shared.read_rounds.wanted()
+        self.shared.read_rounds.wanted()
+            && self.reads_may_start()
+            && self.rounds_pending() < ROUNDS_IN_FLIGHT_MAX
+    }
+
+    /// Read rounds in flight that hold the next one back: those issued less than
+    /// [`ROUND_PATIENCE_TICKS`] ago.
+    fn rounds_pending(&self) -> usize {
+        let patience = self.tick * ROUND_PATIENCE_TICKS;
+        let now = Instant::now();
+        self.rounds_in_flight
+            .iter()
+            .filter(|(_, at)| now.duration_since(*at) < patience)
+            .count()
+    }
+
+    /// False while this replica leads without having committed an entry of its term: raft
+    /// drops read requests then, so none is made.
+    fn reads_may_start(&self) -> bool {
+        self.raw.raft.state != StateRole::Leader || self.raw.raft.commit_to_current_term()
+    }
+
+    /// The context of read request `n`: this process's session id first, so that a request
+    /// never shares its context with another replica's or an earlier process's (raft keys
+    /// pending reads by context alone, and ignores a request whose context is pending).
+    fn read_ctx(&self, n: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&self.shared.client_id.to_le_bytes());
+        ctx.extend_from_slice(&n.to_le_bytes());
+        ctx
     }
 
     /// Starts a read round for the callers that joined it (see [`crate::node::read_rounds`]).
@@ -434,8 +468,8 @@ impl RaftLoop {
             rounds.abandon(round, true);
             return;
         }
-        self.raw
-            .read_index((ROUND_CTX | round).to_le_bytes().to_vec());
+        let ctx = self.read_ctx(ROUND_CTX | round);
+        self.raw.read_index(ctx);
         self.rounds_in_flight.push_back((round, Instant::now()));
     }
 
@@ -450,7 +484,7 @@ impl RaftLoop {
     fn request_read_index(&mut self, waiters: Vec<ReadWaiter>) {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.raw.read_index(self.read_ctx(ctx));
         self.read_batches.insert(ctx, (Instant::now(), waiters));
     }
 
@@ -719,10 +753,14 @@ impl RaftLoop {
 
     fn dispatch_reads(&mut self, states: Vec<ReadState>) {
         for rs in states {
-            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            let Ok(ctx) = <[u8; 16]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            let ctx = u64::from_le_bytes(ctx);
+            let (session, n) = ctx.split_at(8);
+            if session != self.shared.client_id.to_le_bytes() {
+                continue;
+            }
+            let ctx = u64::from_le_bytes(n.try_into().expect("8 bytes"));
             if ctx & ROUND_CTX != 0 {
                 self.settle_round(ctx & !ROUND_CTX, rs.index);
                 continue;
@@ -814,6 +852,7 @@ impl RaftLoop {
         self.shared
             .read_rounds
             .abandon(self.shared.read_rounds.last_started(), false);
+        self.shared.read_rounds.wake_all();
         if let Some(mut t) = self.transport.take() {
             t.shutdown();
         }

@@ -87,7 +87,7 @@ impl RaftLoop {
             .lease_wanted
             .max(self.shared.lease.last_used())
             .is_some_and(|t| now.saturating_duration_since(t) < self.lease_duration);
-        if !wanted || self.raw.raft.state != StateRole::Leader {
+        if !wanted || self.raw.raft.state != StateRole::Leader || !self.reads_may_start() {
             return;
         }
         let half_left = self
