@@ -37,12 +37,12 @@ pub enum RaftMsg {
     },
     /// A caller joined the next read round (see [`read_rounds`]).
     ReadWanted,
-    /// Read barrier: reply once the state machine has applied the read index.
-    Read {
+    /// Lease read the caller could not answer from the published lease: a leader holding a
+    /// valid lease answers it at once, any other replica through a ReadIndex request; reply
+    /// once the state machine has applied the read index.
+    LeaseRead {
         /// Completed with `Ok` when reading locally is linearizable.
         reply: Sender<Result<()>>,
-        /// A leader holding a valid lease may answer without a quorum round.
-        lease: bool,
     },
     /// A message from a peer.
     Step(Message),

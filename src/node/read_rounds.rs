@@ -270,6 +270,16 @@ mod tests {
         Instant::now() + Duration::from_secs(20)
     }
 
+    /// Waits until `n` callers sleep on the slot of round `need`.
+    fn wait_asleep(r: &ReadRounds, need: u64, n: u32) {
+        let slot = &r.slots[(need % SLOTS) as usize];
+        let by = Instant::now() + Duration::from_secs(30);
+        while slot.sleepers.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < by, "the callers never went to sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn a_caller_needs_a_round_started_after_it_joined() {
         let r = ReadRounds::default();
@@ -343,15 +353,7 @@ mod tests {
                 std::thread::spawn(move || r.wait(need, soon(), &stop))
             })
             .collect();
-        let slot = &r.slots[(r.last_started() + 1) as usize % SLOTS as usize];
-        let asleep_by = Instant::now() + Duration::from_secs(30);
-        while slot.sleepers.load(Ordering::SeqCst) < sleepers {
-            assert!(
-                Instant::now() < asleep_by,
-                "the callers never went to sleep"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_asleep(&r, r.last_started() + 1, sleepers);
         let confirmed_at = Instant::now();
         let round = r.start();
         r.confirm(round, 42);
@@ -371,12 +373,7 @@ mod tests {
             let (r, stop) = (r.clone(), stop.clone());
             std::thread::spawn(move || r.wait(need, soon(), &stop))
         };
-        let slot = &r.slots[need as usize % SLOTS as usize];
-        let asleep_by = Instant::now() + Duration::from_secs(10);
-        while slot.sleepers.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < asleep_by, "the caller never went to sleep");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_asleep(&r, need, 1);
         stop.store(true, Ordering::SeqCst);
         r.wake_all();
         assert_eq!(caller.join().unwrap(), RoundWait::Stopped);

@@ -432,27 +432,25 @@ impl Replica {
 
     /// Waits until reading the local state machine is linearizable.
     fn read_barrier(&self) -> Result<()> {
-        self.read_barrier_with(false)
+        self.read_round(Instant::now() + self.timeout())
     }
 
     /// Waits until reading the local state machine gives `consistency`.
     fn wait_readable(&self, consistency: ReadConsistency) -> Result<()> {
         match consistency {
-            ReadConsistency::Linearizable => self.read_barrier_with(false),
-            ReadConsistency::Lease => self.read_barrier_with(true),
+            ReadConsistency::Linearizable => self.read_barrier(),
+            ReadConsistency::Lease => self.lease_read(),
             ReadConsistency::Stale => self.settle(),
         }
     }
 
-    /// Waits until reading locally is linearizable; `lease` lets a leader answer from its lease.
-    fn read_barrier_with(&self, lease: bool) -> Result<()> {
+    /// Waits until reading locally is linearizable, as a leader's lease says (answered on this
+    /// thread when the published lease holds) or, without one, as a ReadIndex request says.
+    fn lease_read(&self) -> Result<()> {
         let now = Instant::now();
         let deadline = now + self.timeout();
-        if lease && self.lease_readable(now, deadline) {
+        if self.lease_readable(now, deadline) {
             return Ok(());
-        }
-        if !lease {
-            return self.read_round(deadline);
         }
         let mut last_err = Error::Timeout;
         loop {
@@ -461,7 +459,7 @@ impl Replica {
                 return Err(self.explain(last_err));
             }
             let (tx, rx) = flume::bounded(1);
-            self.send_to_raft(RaftMsg::Read { reply: tx, lease }, deadline)?;
+            self.send_to_raft(RaftMsg::LeaseRead { reply: tx }, deadline)?;
             match rx.recv_deadline(deadline) {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(Error::NoLeader)) => {

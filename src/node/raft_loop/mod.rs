@@ -227,11 +227,7 @@ impl RaftLoop {
             }
             // The round is started by `flush_reads`, for every caller that joined it.
             RaftMsg::ReadWanted => {}
-            RaftMsg::Read {
-                reply,
-                lease: false,
-            } => self.pending_reads.push(reply),
-            RaftMsg::Read { reply, lease: true } => {
+            RaftMsg::LeaseRead { reply } => {
                 self.lease_wanted = Some(Instant::now());
                 self.pending_lease_reads.push(reply);
             }
@@ -393,8 +389,8 @@ impl RaftLoop {
         }
     }
 
-    /// Answers lease reads from a valid lease, turns the other reads that arrived in this
-    /// iteration into one ReadIndex request, and starts a read round if callers joined one.
+    /// Starts a read round if callers joined one, and answers the lease reads that arrived in
+    /// this iteration from a valid lease, or else with one ReadIndex request.
     fn flush_reads(&mut self) {
         if !self.reads_may_start() {
             // Raft would drop the requests; they wait for the leader's first commit.
