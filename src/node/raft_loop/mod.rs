@@ -528,8 +528,13 @@ impl RaftLoop {
         if let Some(ss) = rd.ss() {
             self.on_soft_state(ss.leader_id);
         }
-        // Before any message with a newer commit index (or a transfer's TimeoutNow) goes out.
+        // Before any message with a newer commit index (or a transfer's TimeoutNow) goes out,
+        // and before a caller learns of a commit (its next lease read must see it).
         self.publish_lease();
+        let committed = rd.take_committed_entries();
+        // Answer first: the messages below (a leader's commit broadcast among them) wake other
+        // threads and processes, and each wake-up delays the callers' by as much.
+        self.settle(&committed);
         if !rd.messages().is_empty() {
             self.send(rd.take_messages());
         }
@@ -540,7 +545,6 @@ impl RaftLoop {
             self.install_snapshot(rd.snapshot().clone())?;
             Some(index)
         };
-        let committed = rd.take_committed_entries();
         let read_states = rd.take_read_states();
         let started = Instant::now();
         if self.raw.mut_store().append(rd.entries(), rd.hs())? {
@@ -563,9 +567,11 @@ impl RaftLoop {
             self.raw.mut_store().set_commit(commit);
             self.publish_lease();
         }
+        let light_committed = light.take_committed_entries();
+        self.settle(&light_committed);
         self.send(light.take_messages());
         self.dispatch_committed(committed)?;
-        self.dispatch_committed(light.take_committed_entries())?;
+        self.dispatch_committed(light_committed)?;
         self.dispatch_reads(read_states);
         Ok(())
     }
@@ -689,21 +695,24 @@ impl RaftLoop {
             self.raw.mut_store().set_conf_state(cs.clone());
             confs.push((e.index, cs));
         }
-        let settled = self.settled(&entries);
         self.handed = entries.last().map_or(self.handed, |e| e.index);
         self.apply_tx
             .send(ApplyTask::Entries { entries, confs })
             .map_err(|_| Error::Closed)?;
-        if let Some((upto, seqs)) = settled {
-            // Committed means durable on a majority, and these outcomes do not depend on the
-            // state: answer now rather than after the apply thread. Local reads wait until the
-            // state machine holds `upto` (`Shared::wait_replied_visible`).
+        Ok(())
+    }
+
+    /// Answers this replica's callers whose requests are among committed `entries` and whose
+    /// outcome does not depend on the state. Committed means durable on a majority, so they
+    /// are answered at once, not after the apply thread; their local reads wait until the
+    /// state machine holds what was answered (`Shared::wait_replied_visible`).
+    fn settle(&self, entries: &[Entry]) {
+        if let Some((upto, seqs)) = self.settled(entries) {
             self.shared.replied_index.fetch_max(upto, Ordering::AcqRel);
             self.shared
                 .waiters
                 .complete_all(seqs.into_iter().map(|s| (s, Ok(()))));
         }
-        Ok(())
     }
 
     /// This replica's requests among committed `entries` that can be answered now, and the
