@@ -30,8 +30,10 @@
 //!
 //! # Threads
 //!
-//! Per replica: `kvr-raft-N`, `kvr-apply-N`, `kvr-listen-N`, one `kvr-reader-N` per inbound
-//! connection and one `kvr-peer-N-M` writer per peer ([`transport`]), and `kvr-wal-fill`
+//! Per replica: `kvr-raft-N` (which also reads the peers' connections of Raft messages),
+//! `kvr-apply-N`, `kvr-listen-N`, a `kvr-reader-N` per inbound connection while it hands over
+//! its handshake (and for a snapshot stream), one `kvr-peer-N-M` writer per peer
+//! ([`transport`]), and `kvr-wal-fill`
 //! while the next log segment is filled ([`storage::wal`]). No async runtime.
 //!
 //! The C ABI ([`ffi`]) wraps this API; see `include/kvr.h`.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use raft::eraftpb::{Message, Snapshot};
 
+use super::inbox::InboxTx;
 use super::{RaftMsg, Shared};
 use crate::error::{Error, Result};
 use crate::storage::snapshot::{Outgoing, Registry, Stage, Staged};
@@ -21,7 +22,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Implements [`Host`] for one replica.
 pub struct NodeHost {
     shared: Arc<Shared>,
-    inbox: crossbeam::channel::Sender<RaftMsg>,
+    inbox: InboxTx,
     registry: Arc<Registry>,
     dir: PathBuf,
     map_size_mb: u64,
@@ -34,7 +35,7 @@ impl NodeHost {
     /// The host of the replica configured by `cfg`.
     pub fn new(
         shared: Arc<Shared>,
-        inbox: crossbeam::channel::Sender<RaftMsg>,
+        inbox: InboxTx,
         registry: Arc<Registry>,
         cfg: &crate::config::Config,
     ) -> Result<NodeHost> {
@@ -78,6 +79,14 @@ impl Host for NodeHost {
 
     fn snapshot_sent(&self, to: u64, ok: bool) {
         self.report(RaftMsg::SnapshotStatus { to, ok });
+    }
+
+    fn takes_connections(&self) -> bool {
+        true
+    }
+
+    fn adopt(&self, conn: crate::transport::inbound::RaftConn) {
+        self.report(RaftMsg::Adopt(conn));
     }
 
     fn unreachable(&self, peer: u64) {

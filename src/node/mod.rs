@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod execute;
 pub mod host;
+pub mod inbox;
 pub mod lease;
 pub mod raft_loop;
 pub mod read_rounds;
@@ -46,6 +47,8 @@ pub enum RaftMsg {
     },
     /// A message from a peer.
     Step(Message),
+    /// An inbound connection of Raft messages for the raft thread to read from now on.
+    Adopt(crate::transport::inbound::RaftConn),
     /// A snapshot message from a peer, its state already staged on disk.
     Snapshot {
         /// The `MsgSnapshot`.

@@ -8,24 +8,25 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use protobuf::Message as PbMessage;
-use raft::eraftpb::Message;
-
 use super::frame::{self, KIND_HELLO, KIND_HELLO_ACK, KIND_RAFT, KIND_SNAP_BEGIN};
 use super::frame::{KIND_CHALLENGE, KIND_PROOF};
 use super::handshake::{
     auth_mac, verify_mac, Ack, Hello, Role, ACK_OK, ACK_REFUSED, ACK_REMOVED, NONCE_BYTES,
 };
+use super::inbound::{check_message, RaftConn, READ_IDLE_TIMEOUT};
 use super::{Host, TransportConfig, TransportStats};
 use crate::error::{Error, Result};
 
 /// Time a new connection has to present its hello.
 const HELLO_TIMEOUT_MS: u64 = 5000;
-/// An inbound connection silent this long is closed (the dialer reconnects when it has
-/// something to say). A live leader or follower talks every heartbeat.
-const READ_IDLE_TIMEOUT_MS: u64 = 30_000;
 
-type Conns = Arc<Mutex<HashMap<u64, TcpStream>>>;
+/// The inbound connections, by id, so that shutting down can close them all.
+pub(crate) type Conns = Arc<Mutex<HashMap<u64, TcpStream>>>;
+
+/// Drops the record of connection `id`.
+pub(crate) fn forget(conns: &Conns, id: u64) {
+    lock(conns).remove(&id);
+}
 
 /// The listening side of the transport.
 pub struct Listener {
@@ -177,6 +178,14 @@ impl Acceptor {
     }
 }
 
+/// How a reader thread's connection ended up.
+enum Served {
+    /// Closed, or served to its end.
+    Done,
+    /// Handed to the raft thread.
+    Adopted,
+}
+
 struct Reader {
     cfg: Arc<TransportConfig>,
     host: Arc<dyn Host>,
@@ -187,8 +196,10 @@ struct Reader {
 
 impl Reader {
     fn run(self, mut stream: TcpStream, peer_addr: SocketAddr) {
-        match self.serve(&mut stream) {
-            Ok(()) => {}
+        match self.serve(&mut stream, peer_addr) {
+            // The raft thread reads it from now on, and forgets it when it drops it.
+            Ok(Served::Adopted) => return,
+            Ok(Served::Done) => {}
             Err(e) if is_disconnect(&e) => {
                 log::debug!(
                     "node {}: connection from {peer_addr} closed: {e}",
@@ -204,20 +215,20 @@ impl Reader {
         lock(&self.conns).remove(&self.conn_id);
     }
 
-    fn serve(&self, stream: &mut TcpStream) -> Result<()> {
+    fn serve(&self, stream: &mut TcpStream, peer_addr: SocketAddr) -> Result<Served> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)))?;
         stream.set_write_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)))?;
         let mut buf = Vec::new();
         let hello = self.handshake(stream, &mut buf)?;
-        stream.set_read_timeout(Some(Duration::from_millis(READ_IDLE_TIMEOUT_MS)))?;
+        stream.set_read_timeout(Some(READ_IDLE_TIMEOUT))?;
         loop {
             match frame::read_frame(stream, self.cfg.frame_bytes_max, &mut buf)? {
                 KIND_RAFT => {}
                 KIND_SNAP_BEGIN => {
                     let begin = std::mem::take(&mut buf);
                     let host = self.host.as_ref();
-                    return super::snapshot::receive(
+                    super::snapshot::receive(
                         &self.cfg,
                         host,
                         &self.stats,
@@ -225,23 +236,33 @@ impl Reader {
                         hello.from,
                         &begin,
                         &mut buf,
-                    );
+                    )?;
+                    return Ok(Served::Done);
                 }
                 kind => return Err(Error::Corrupt(format!("unexpected frame kind {kind}"))),
             }
-            let msg = Message::parse_from_bytes(&buf)
-                .map_err(|e| Error::Corrupt(format!("undecodable raft message: {e}")))?;
-            // A forwarded leader-transfer request names the transferee as its sender.
-            let forwarded = msg.get_msg_type() == raft::eraftpb::MessageType::MsgTransferLeader;
-            if (msg.from != hello.from && !forwarded) || msg.to != self.cfg.node_id {
-                return Err(Error::Corrupt(format!(
-                    "message {}->{} on a connection from node {}",
-                    msg.from, msg.to, hello.from
-                )));
-            }
+            let msg = check_message(&buf, hello.from, self.cfg.node_id)?;
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             if !self.host.deliver(msg) {
-                return Ok(());
+                return Ok(Served::Done);
+            }
+            if self.host.takes_connections() {
+                // A connection of Raft messages (a snapshot stream starts with its own frame):
+                // the raft thread reads the rest itself. `read_frame` took exactly one frame,
+                // so the next byte starts a frame.
+                let conn = RaftConn::new(
+                    stream.try_clone()?,
+                    hello.from,
+                    self.cfg.node_id,
+                    self.cfg.frame_bytes_max,
+                    peer_addr,
+                    self.stats.clone(),
+                    self.conns.clone(),
+                    self.conn_id,
+                )?;
+                // If nobody takes it, dropping it closes it.
+                self.host.adopt(conn);
+                return Ok(Served::Adopted);
             }
         }
     }

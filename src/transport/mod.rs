@@ -1,7 +1,9 @@
 //! Peer-to-peer transport over plain TCP, one thread per role.
 //!
 //! - [`listener::Listener`]: one accept thread; one reader thread per inbound connection that
-//!   checks the handshake, then decodes frames and hands Raft messages to the raft thread.
+//!   checks the handshake and the first frame. A snapshot stream stays with its reader thread;
+//!   a connection of Raft messages goes to the raft thread, which reads it without blocking
+//!   alongside its inbox ([`inbound`]), so a peer's message wakes the raft thread directly.
 //! - [`peer::PeerWriter`]: one writer thread per peer with a bounded queue. The raft thread
 //!   never blocks on a peer: when a queue is full the message is dropped and Raft retransmits.
 //!   The writer coalesces whatever is queued into one `write`, and reconnects with capped
@@ -16,6 +18,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod inbound;
 pub mod listener;
 pub mod peer;
 pub mod snapshot;
@@ -55,6 +58,16 @@ pub trait Host: Send + Sync + 'static {
     fn check_peer(&self, peer: u64, incarnation: u64, addr: &str) -> Result<()>;
     /// A peer refused this node (it was removed, or its identity does not match).
     fn refused(&self, by: u64, e: &Error);
+    /// True when inbound connections of Raft messages go to the raft thread ([`Host::adopt`])
+    /// once their first message is delivered; otherwise their reader thread reads them.
+    fn takes_connections(&self) -> bool {
+        false
+    }
+    /// Hands an inbound connection of Raft messages to the raft thread, which reads it from
+    /// then on; dropping it closes it.
+    fn adopt(&self, conn: inbound::RaftConn) {
+        drop(conn);
+    }
 }
 
 /// Identity and limits shared by every transport thread of a replica.

@@ -1,13 +1,16 @@
 //! The raft thread: owns `raft::RawNode` and drives it.
 //!
-//! One iteration: wait for the inbox (at most until the next tick), drain it (proposals, read
+//! One iteration: wait for the inbox and the peers' connections (at most until the next tick;
+//! [`super::inbox`]), step what the connections carry, drain the inbox (proposals, read
 //! requests, peer messages), tick if due, then handle `Ready`:
-//! 1. send `messages()` (a leader replicates while it persists, raft thesis 10.2.1);
+//! 1. answer the callers whose committed entries need no state to decide (committed means
+//!    durable on a majority), then send `messages()` (a leader replicates while it persists,
+//!    raft thesis 10.2.1);
 //! 2. persist entries and hard state in one write and one fdatasync of the log;
 //! 3. send `persisted_messages()` (votes and acks must not precede what they acknowledge);
-//! 4. `advance_append`, then hand committed entries to the apply thread, answer the callers
-//!    whose entries need no state to decide, and let readers go (at once when the state
-//!    machine holds their read index, else through the apply thread).
+//! 4. `advance_append`, then hand committed entries to the apply thread, and let readers go
+//!    (at once when the state machine holds their read index, else through the apply
+//!    thread).
 //!
 //! Every proposal that arrived while the previous Ready was being persisted lands in the next
 //! Ready: that is the group commit, one fsync for many writes.
@@ -17,18 +20,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::channel::TryRecvError;
 use flume::Sender;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole, INVALID_ID};
 
+use super::inbox::InboxRx;
 use super::waiters::Attempt;
 use super::{ApplyTask, RaftMsg, Role, Shared};
 use crate::command::ConfContext;
 use crate::error::{Error, Result};
 use crate::storage::log_store::{LogStore, INIT_TERM};
 use crate::storage::snapshot::Staged;
+use crate::transport::inbound::{self, Reading};
 use crate::transport::Transport;
 
 mod periodic;
@@ -48,6 +53,9 @@ const ROUND_PATIENCE_TICKS: u32 = 2;
 
 /// Most inbox messages handled before the next Ready.
 const INBOX_BATCH_MAX: usize = 4096;
+/// Bytes read from one peer connection before the next Ready (more waits for the next
+/// iteration).
+const PEER_READ_BUDGET: usize = 4 << 20;
 /// Most commands packed into one entry.
 const PACK_COMMANDS_MAX: usize = 512;
 /// Most bytes packed into one entry (a bigger single command still gets its own entry).
@@ -70,7 +78,11 @@ pub struct Timing {
 pub struct RaftLoop {
     shared: Arc<Shared>,
     raw: RawNode<LogStore>,
-    inbox: Receiver<RaftMsg>,
+    inbox: InboxRx,
+    /// Tokens of the peer connections found readable by the last wait.
+    readable: Vec<u64>,
+    /// Messages read from peer connections, stepped in order.
+    received: Vec<raft::eraftpb::Message>,
     apply_tx: flume::Sender<ApplyTask>,
     transport: Option<Transport>,
     tick: Duration,
@@ -114,7 +126,7 @@ impl RaftLoop {
     pub fn new(
         shared: Arc<Shared>,
         raw: RawNode<LogStore>,
-        inbox: Receiver<RaftMsg>,
+        inbox: InboxRx,
         apply_tx: flume::Sender<ApplyTask>,
         transport: Option<Transport>,
         timing: Timing,
@@ -132,6 +144,8 @@ impl RaftLoop {
             shared,
             raw,
             inbox,
+            readable: Vec::new(),
+            received: Vec::new(),
             apply_tx,
             transport,
             tick: timing.tick,
@@ -176,17 +190,10 @@ impl RaftLoop {
             } else {
                 next_tick.saturating_duration_since(Instant::now())
             };
-            match self.inbox.recv_timeout(wait) {
-                Ok(m) => {
-                    if self.handle(m) {
-                        break;
-                    }
-                    if self.drain_inbox() {
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            self.inbox.wait(wait, &mut self.readable);
+            self.read_peers();
+            if self.drain_inbox() {
+                break;
             }
             if self.shared.stopping.load(Ordering::Relaxed) {
                 break;
@@ -197,6 +204,7 @@ impl RaftLoop {
             if now >= next_tick {
                 self.raw.tick();
                 self.expire_reads(now);
+                self.close_idle_peers(now);
                 if let Err(e) = self.on_tick(now) {
                     self.shared.fail(e);
                     break;
@@ -275,6 +283,15 @@ impl RaftLoop {
                 }
             }
             RaftMsg::Unreachable(id) => self.raw.report_unreachable(id),
+            RaftMsg::Adopt(conn) => {
+                let (from, addr) = (conn.from(), conn.peer_addr());
+                if let Err(e) = self.inbox.adopt(conn) {
+                    log::warn!(
+                        "node {}: cannot wait on the connection from node {from} ({addr}): {e}",
+                        self.shared.node_id
+                    );
+                }
+            }
             RaftMsg::Shutdown => return true,
         }
         false
@@ -342,6 +359,7 @@ impl RaftLoop {
         }
     }
 
+    /// Handles what waits in the inbox; true means stop.
     fn drain_inbox(&mut self) -> bool {
         for _ in 0..INBOX_BATCH_MAX {
             match self.inbox.try_recv() {
@@ -350,10 +368,56 @@ impl RaftLoop {
                         return true;
                     }
                 }
-                Err(_) => break,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return true,
             }
         }
         false
+    }
+
+    /// Closes peer connections silent for too long (their peers reconnect when they have
+    /// something to say; a live one talks every heartbeat).
+    fn close_idle_peers(&mut self, now: Instant) {
+        for token in self.inbox.idle(now, inbound::READ_IDLE_TIMEOUT) {
+            log::debug!(
+                "node {}: closing a silent peer connection",
+                self.shared.node_id
+            );
+            self.inbox.close(token);
+        }
+    }
+
+    /// Reads the peer connections the last wait found readable, and steps what they carried.
+    fn read_peers(&mut self) {
+        let readable = std::mem::take(&mut self.readable);
+        for &token in &readable {
+            let Some(conn) = self.inbox.conn(token) else {
+                continue;
+            };
+            let (from, addr) = (conn.from(), conn.peer_addr());
+            let reading = conn.read(&mut self.received, PEER_READ_BUDGET);
+            for msg in std::mem::take(&mut self.received) {
+                self.handle(RaftMsg::Step(msg));
+            }
+            match reading {
+                Ok(Reading::Drained | Reading::More) => {}
+                Ok(Reading::Closed) => {
+                    log::debug!(
+                        "node {}: connection from node {from} ({addr}) closed",
+                        self.shared.node_id
+                    );
+                    self.inbox.close(token);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "node {}: connection from node {from} ({addr}) dropped: {e}",
+                        self.shared.node_id
+                    );
+                    self.inbox.close(token);
+                }
+            }
+        }
+        self.readable = readable;
     }
 
     /// Proposes the commands that arrived in this iteration, packed several to an entry: a
