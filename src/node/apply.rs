@@ -304,12 +304,20 @@ impl Applier {
                 + txn.pages_touched_max() * PAGE_BYTES
                 >= HOLD_DIRTY_MAX
             || held.since.is_some_and(|s| s.elapsed() >= self.hold())
-            || (flush_to > self.applied && (drained || applied >= flush_to))
+            || (flush_to > self.applied
+                && (applied >= flush_to || (drained && applied >= self.handed_upto(flush_to))))
             || self
                 .reads
                 .first_key_value()
                 .is_some_and(|(i, _)| *i <= applied)
             || applied >= self.last_snapshot + self.snapshot_entries
+    }
+
+    /// How far the txn must reach, for a reader waiting for `flush_to`, before nothing queued
+    /// means nothing more is coming: the raft thread may have answered a write, and its
+    /// caller asked for a commit, a moment before it hands over the entry.
+    fn handed_upto(&self, flush_to: u64) -> u64 {
+        flush_to.min(self.shared.handed_index.load(Ordering::Acquire))
     }
 
     /// Commits the open txn and publishes its applied index.

@@ -182,6 +182,10 @@ pub struct Shared {
     /// while its committed applied index is below it, the apply thread commits what it holds
     /// at once instead of batching it further.
     pub flush_to: AtomicU64,
+    /// Last committed index the raft thread has handed, or is about to hand, to the apply
+    /// thread (it answers callers before the hand-over, so a reader's request to commit can
+    /// reach the apply thread before the entries it waits for).
+    pub handed_index: AtomicU64,
     /// Wakes the apply thread (weak: it does not keep the apply thread's inbox open).
     pub apply_wake: flume::WeakSender<ApplyTask>,
     /// Log writes (each one write and one fdatasync) since open.

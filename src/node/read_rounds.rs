@@ -9,9 +9,9 @@
 //!
 //! Waking a sleeping thread is the dearest part of a read (an inter-processor interrupt, in a
 //! virtual machine an exit), so the raft thread does not wake a round's callers one by one: it
-//! wakes [`FANOUT`], and each caller woken by a round wakes as many more before it reads. The
-//! wake-ups spread over the callers' threads as a tree, and the raft thread goes back to its
-//! work.
+//! wakes `FANOUT` of them (4), and each caller woken by a round wakes as many more before it
+//! reads. The wake-ups spread over the callers' threads as a tree, and the raft thread goes
+//! back to its work.
 //!
 //! Why it is linearizable: the raft thread raises `started` before it calls `read_index`, so a
 //! round numbered above what a caller saw was issued after the caller looked, and its read

@@ -616,6 +616,7 @@ fn new_shared(
         // reads wait until raft has replayed the log up to the commit index it recorded.
         replied_index: AtomicU64::new(log.hard_state().commit),
         flush_to: AtomicU64::new(0),
+        handed_index: AtomicU64::new(applied),
         watchers_waiting: AtomicUsize::new(0),
         apply_wake,
         log_writes: AtomicU64::new(0),

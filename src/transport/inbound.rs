@@ -162,14 +162,14 @@ impl RaftConn {
             let h = &self.buf[self.start..self.start + HEADER_BYTES];
             let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
             frame::check_len(len, self.frame_bytes_max)?;
+            let kind = h[4];
+            if kind != KIND_RAFT {
+                return Err(Error::Corrupt(format!("unexpected frame kind {kind}")));
+            }
             let total = 4 + len;
             if self.buf.len() - self.start < total {
                 need = total;
                 break;
-            }
-            let kind = h[4];
-            if kind != KIND_RAFT {
-                return Err(Error::Corrupt(format!("unexpected frame kind {kind}")));
             }
             let payload = &self.buf[self.start + HEADER_BYTES..self.start + total];
             let msg = check_message(payload, self.from, self.node_id)?;
@@ -188,7 +188,9 @@ impl RaftConn {
     }
 
     /// Moves the undecoded bytes (part of one frame at most) to the front, and makes room for
-    /// the rest of a frame that needs `need` bytes in all, or for a chunk of reading.
+    /// the rest of a frame that needs `need` bytes in all, or for a chunk of reading. A buffer
+    /// grown for a frame is grown to its exact size, so reading it stops at its end and
+    /// `decode` finds the buffer empty and gives the room back.
     fn make_room(&mut self, need: usize) {
         if self.start > 0 {
             self.buf.drain(..self.start);
@@ -368,6 +370,40 @@ mod tests {
             let e = r.unwrap_err().to_string();
             assert!(e.contains(want), "{e} (wanted {want})");
         }
+    }
+
+    /// A frame of another kind is refused from its header, before its payload arrives; and the
+    /// room a large frame took is given back when the next frame has already begun to arrive
+    /// (the buffer grows to a frame's exact size, so each read stops at the frame's end).
+    #[test]
+    fn headers_decide_early() {
+        let (mut conn, mut peer, _) = pair(64 << 20);
+        peer.write_all(&[0x01, 0, 0, 0, frame::KIND_SNAP_BEGIN])
+            .unwrap();
+        let (_, r) = read_until(&mut conn, 1);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("unexpected frame kind"), "{e}");
+        assert!(conn.buf.capacity() <= READ_CHUNK, "{}", conn.buf.capacity());
+
+        let (mut conn, mut peer, _) = pair(64 << 20);
+        let mut bytes = frame_of(&append(1, 2 << 20));
+        let next = frame_of(&append(2, 10));
+        bytes.extend_from_slice(&next[..3]);
+        let writer = std::thread::spawn(move || {
+            peer.write_all(&bytes).unwrap();
+            peer
+        });
+        let (msgs, r) = read_until(&mut conn, 1);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(msgs.len(), 1);
+        let mut peer = writer.join().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut out = Vec::new();
+        assert_eq!(conn.read(&mut out, 1 << 20).unwrap(), Reading::Drained);
+        assert!(conn.buf.capacity() <= KEEP_BYTES, "{}", conn.buf.capacity());
+        peer.write_all(&next[3..]).unwrap();
+        let (msgs, _) = read_until(&mut conn, 1);
+        assert_eq!(msgs[0].index, 2);
     }
 
     /// A read stops at its budget and the rest waits; dropping the connection closes it for

@@ -191,6 +191,9 @@ impl RaftLoop {
                 next_tick.saturating_duration_since(Instant::now())
             };
             self.inbox.wait(wait, &mut self.readable);
+            // The peers' connections first, then the inbox: each connection stays in order
+            // (its first message came through the inbox, before the connection itself), and
+            // raft takes messages of different peers in any order.
             self.read_peers();
             if self.drain_inbox() {
                 break;
@@ -379,10 +382,15 @@ impl RaftLoop {
     /// something to say; a live one talks every heartbeat).
     fn close_idle_peers(&mut self, now: Instant) {
         for token in self.inbox.idle(now, inbound::READ_IDLE_TIMEOUT) {
-            log::debug!(
-                "node {}: closing a silent peer connection",
-                self.shared.node_id
-            );
+            if let Some(conn) = self.inbox.conn(token) {
+                log::info!(
+                    "node {}: closing the connection from node {} ({}), silent for {:?}",
+                    self.shared.node_id,
+                    conn.from(),
+                    conn.peer_addr(),
+                    inbound::READ_IDLE_TIMEOUT
+                );
+            }
             self.inbox.close(token);
         }
     }
@@ -771,6 +779,11 @@ impl RaftLoop {
     /// are answered at once, not after the apply thread; their local reads wait until the
     /// state machine holds what was answered (`Shared::wait_replied_visible`).
     fn settle(&self, entries: &[Entry]) {
+        let Some(last) = entries.last() else { return };
+        // Before any caller hears of them: see `Shared::handed_index`.
+        self.shared
+            .handed_index
+            .fetch_max(last.index, Ordering::AcqRel);
         if let Some((upto, seqs)) = self.settled(entries) {
             self.shared.replied_index.fetch_max(upto, Ordering::AcqRel);
             self.shared
