@@ -233,7 +233,7 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::Mutex;
 
-    use raft::eraftpb::{Entry, MessageType};
+    use crate::transport::testing::append;
 
     use super::*;
     use crate::transport::frame::put_frame;
@@ -249,21 +249,6 @@ mod tests {
         let conn =
             RaftConn::new(ours, 1, 2, frame_bytes_max, addr, stats, conns.clone(), 7).unwrap();
         (conn, peer, conns)
-    }
-
-    fn append(index: u64, bytes: usize) -> Message {
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgAppend);
-        m.from = 1;
-        m.to = 2;
-        m.index = index;
-        m.entries = vec![Entry {
-            index,
-            data: vec![(index % 251) as u8; bytes].into(),
-            ..Default::default()
-        }]
-        .into();
-        m
     }
 
     fn frame_of(m: &Message) -> Vec<u8> {

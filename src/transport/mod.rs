@@ -23,6 +23,27 @@ pub mod listener;
 pub mod peer;
 pub mod snapshot;
 
+#[cfg(test)]
+pub(crate) mod testing {
+    use raft::eraftpb::{Entry, Message, MessageType};
+
+    /// An append from node 1 to node 2 at `index`, carrying one entry of `bytes` bytes.
+    pub fn append(index: u64, bytes: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.from = 1;
+        m.to = 2;
+        m.index = index;
+        m.entries = vec![Entry {
+            index,
+            data: vec![(index % 251) as u8; bytes].into(),
+            ..Default::default()
+        }]
+        .into();
+        m
+    }
+}
+
 use std::collections::HashMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -508,7 +508,7 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
-    use raft::eraftpb::Entry;
+    use crate::transport::testing::append;
 
     use super::*;
     use crate::error::Result;
@@ -536,21 +536,6 @@ mod tests {
             Ok(())
         }
         fn refused(&self, _: u64, _: &Error) {}
-    }
-
-    fn append(index: u64, bytes: usize) -> Message {
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgAppend);
-        m.to = 2;
-        m.from = 1;
-        m.index = index;
-        m.entries = vec![Entry {
-            index,
-            data: vec![(index % 251) as u8; bytes].into(),
-            ..Default::default()
-        }]
-        .into();
-        m
     }
 
     fn config() -> Arc<TransportConfig> {

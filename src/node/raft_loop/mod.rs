@@ -403,10 +403,13 @@ impl RaftLoop {
                 continue;
             };
             let (from, addr) = (conn.from(), conn.peer_addr());
-            let reading = conn.read(&mut self.received, PEER_READ_BUDGET);
-            for msg in std::mem::take(&mut self.received) {
+            let mut received = std::mem::take(&mut self.received);
+            let reading = conn.read(&mut received, PEER_READ_BUDGET);
+            for msg in received.drain(..) {
                 self.handle(RaftMsg::Step(msg));
             }
+            // Keep the allocation for the next read.
+            self.received = received;
             match reading {
                 Ok(Reading::Drained | Reading::More) => {}
                 Ok(Reading::Closed) => {
