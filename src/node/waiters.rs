@@ -74,32 +74,40 @@ impl Waiters {
 
     /// Completes request `seq` if someone still waits for it.
     pub fn complete(&self, seq: u64, outcome: Outcome) {
-        if let Some(w) = self.lock().remove(&seq) {
+        let waiter = self.lock().remove(&seq);
+        if let Some(w) = waiter {
             let _ = w.tx.try_send(outcome);
         }
     }
 
-    /// Completes many requests under one lock.
+    /// Completes many requests: takes their waiters under one lock, and wakes them after
+    /// releasing it. A caller woken while the lock is held would block on it in its next
+    /// request, and need a second wake-up.
     pub fn complete_all(&self, done: impl IntoIterator<Item = (u64, Outcome)>) {
-        let mut map = self.lock();
-        for (seq, outcome) in done {
-            if let Some(w) = map.remove(&seq) {
-                let _ = w.tx.try_send(outcome);
-            }
+        let woken: Vec<(Sender<Outcome>, Outcome)> = {
+            let mut map = self.lock();
+            done.into_iter()
+                .filter_map(|(seq, outcome)| map.remove(&seq).map(|w| (w.tx, outcome)))
+                .collect()
+        };
+        for (tx, outcome) in woken {
+            let _ = tx.try_send(outcome);
         }
     }
 
     /// Tells request `seq` that this attempt was dropped, without unregistering it: the caller
     /// retries with the same sequence.
     pub fn notify(&self, seq: u64, outcome: Outcome) {
-        if let Some(w) = self.lock().get(&seq) {
-            let _ = w.tx.try_send(outcome);
+        let tx = self.lock().get(&seq).map(|w| w.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.try_send(outcome);
         }
     }
 
     /// Fails every waiter with `e`.
     pub fn fail_all(&self, e: &Error) {
-        for (_, w) in self.lock().drain() {
+        let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
+        for w in waiters {
             let _ = w.tx.try_send(Err(e.clone()));
         }
     }
