@@ -81,8 +81,8 @@ impl Waiters {
     }
 
     /// Completes many requests: takes their waiters under one lock, and wakes them after
-    /// releasing it. A caller woken while the lock is held would block on it in its next
-    /// request, and need a second wake-up.
+    /// releasing it. A woken caller takes the lock at once, to unregister its request, so one
+    /// woken while the lock is held would block on it and need a second wake-up.
     pub fn complete_all(&self, done: impl IntoIterator<Item = (u64, Outcome)>) {
         let woken: Vec<(Sender<Outcome>, Outcome)> = {
             let mut map = self.lock();
