@@ -1,5 +1,6 @@
 //! [`ApplyTxn`]: the write transaction of one apply batch.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use heed::RwTxn;
@@ -46,6 +47,23 @@ pub struct ApplyTxn<'a> {
     /// Pages of the keyed tables (keys, deadlines, expiry index) when the txn began: however
     /// many keys it writes, it cannot dirty more of their existing pages than that.
     pages: u64,
+    /// Sessions touched in this txn, written to their table once, by [`ApplyTxn::flush_sessions`].
+    sessions: HashMap<u64, Session>,
+    /// Result codes recorded in this txn and not yet written: `(client id, seq)` → code. A row
+    /// whose sequence the session's watermark passes within the txn is never written at all.
+    results: BTreeMap<(u64, u64), i32>,
+}
+
+/// A session as this txn sees it.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    /// Dedup watermark: every lower sequence of the client is settled.
+    watermark: u64,
+    /// Index of the last entry the client sent.
+    last: u64,
+    /// The watermark as the table holds it: its rows from here up to `watermark` are dropped
+    /// when the session is written.
+    stored_watermark: u64,
 }
 
 impl<'a> ApplyTxn<'a> {
@@ -67,6 +85,8 @@ impl<'a> ApplyTxn<'a> {
             changes_bytes: None,
             writes: 0,
             pages,
+            sessions: HashMap::new(),
+            results: BTreeMap::new(),
         })
     }
 
@@ -285,6 +305,9 @@ impl<'a> ApplyTxn<'a> {
 
     /// Checks `(client_id, seq)` against the dedup table and advances the session's watermark.
     /// `seq == 0` opts out of dedup.
+    ///
+    /// The session and its rows change in memory; [`ApplyTxn::flush_sessions`] writes them,
+    /// once per txn rather than once per request.
     pub fn check_session(
         &mut self,
         client_id: u64,
@@ -295,28 +318,58 @@ impl<'a> ApplyTxn<'a> {
         if seq == 0 {
             return Ok(Dedup::New);
         }
-        let (mut wm, _) = self.session(client_id)?;
-        let verdict = if seq < wm {
+        let mut session = self.session(client_id)?;
+        let verdict = if seq < session.watermark {
             Dedup::Duplicate(None)
+        } else if let Some(&code) = self.results.get(&(client_id, seq)) {
+            Dedup::Duplicate(Some(code))
         } else if let Some(b) = self.sm.dedup.get(&self.txn, &dedup_key(client_id, seq))? {
             Dedup::Duplicate(b.first().map(|&c| i32::from(c as i8)))
         } else {
             Dedup::New
         };
-        if watermark > wm {
-            let from = dedup_key(client_id, wm);
-            let to = dedup_key(client_id, watermark);
-            let range = (Bound::Included(&from[..]), Bound::Excluded(&to[..]));
-            self.sm.dedup.delete_range(&mut self.txn, &range)?;
-            wm = watermark;
+        if watermark > session.watermark {
+            let settled: Vec<(u64, u64)> = self
+                .results
+                .range((client_id, session.watermark)..(client_id, watermark))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in settled {
+                self.results.remove(&k);
+            }
+            session.watermark = watermark;
         }
-        self.put_session(client_id, wm, index)?;
+        session.last = index;
+        self.sessions.insert(client_id, session);
         Ok(verdict)
     }
 
-    /// Remembers the result code of an applied request.
+    /// Remembers the result code of an applied request (written by
+    /// [`ApplyTxn::flush_sessions`], unless the watermark passes it first).
     pub fn record_result(&mut self, client_id: u64, seq: u64, code: i32) -> Result<()> {
         if seq != 0 {
+            self.results.insert((client_id, seq), i32::from(code as i8));
+        }
+        Ok(())
+    }
+
+    /// Writes the sessions touched in this txn and their rows: the rows a session's watermark
+    /// passed are dropped, and the result codes recorded above it are written.
+    pub fn flush_sessions(&mut self) -> Result<()> {
+        for (&client_id, s) in &self.sessions {
+            if s.watermark > s.stored_watermark {
+                let from = dedup_key(client_id, s.stored_watermark);
+                let to = dedup_key(client_id, s.watermark);
+                let range = (Bound::Included(&from[..]), Bound::Excluded(&to[..]));
+                self.sm.dedup.delete_range(&mut self.txn, &range)?;
+            }
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&s.watermark.to_le_bytes());
+            b[8..].copy_from_slice(&s.last.to_le_bytes());
+            self.sm.sessions.put(&mut self.txn, &client_id, &b)?;
+        }
+        self.sessions.clear();
+        for ((client_id, seq), code) in std::mem::take(&mut self.results) {
             let b = [code as i8 as u8];
             self.sm
                 .dedup
@@ -330,6 +383,7 @@ impl<'a> ApplyTxn<'a> {
         let Some(horizon) = index.checked_sub(SESSION_EXPIRY_ENTRIES) else {
             return Ok(0);
         };
+        self.flush_sessions()?;
         let mut expired = Vec::new();
         for item in self.sm.sessions.iter(&self.txn)? {
             let (client, b) = item?;
@@ -348,23 +402,25 @@ impl<'a> ApplyTxn<'a> {
         Ok(expired.len())
     }
 
-    fn session(&self, client_id: u64) -> Result<(u64, u64)> {
-        match self.sm.sessions.get(&self.txn, &client_id)? {
-            None => Ok((0, 0)),
-            Some(b) => decode_session(b),
+    /// The session of `client_id` as of this txn (a new one when it has none).
+    fn session(&self, client_id: u64) -> Result<Session> {
+        if let Some(s) = self.sessions.get(&client_id) {
+            return Ok(*s);
         }
-    }
-
-    fn put_session(&mut self, client_id: u64, watermark: u64, last: u64) -> Result<()> {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&watermark.to_le_bytes());
-        b[8..].copy_from_slice(&last.to_le_bytes());
-        self.sm.sessions.put(&mut self.txn, &client_id, &b)?;
-        Ok(())
+        let (watermark, last) = match self.sm.sessions.get(&self.txn, &client_id)? {
+            None => (0, 0),
+            Some(b) => decode_session(b)?,
+        };
+        Ok(Session {
+            watermark,
+            last,
+            stored_watermark: watermark,
+        })
     }
 
     /// Writes the applied index and commits everything.
     pub fn commit(mut self) -> Result<()> {
+        self.flush_sessions()?;
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.applied.to_le_bytes());
         b[8..].copy_from_slice(&self.applied_term.to_le_bytes());
@@ -403,4 +459,119 @@ fn dedup_key(client_id: u64, seq: u64) -> [u8; 16] {
 fn decode_session(b: &[u8]) -> Result<(u64, u64)> {
     super::decode_pair(b)
         .ok_or_else(|| Error::Corrupt("session record has the wrong length".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One request: client, sequence, the client's watermark when it sent it.
+    type Request = (u64, u64, u64);
+
+    /// Requests of three clients, each with up to `window` outstanding: new sequences in
+    /// order, retries of outstanding and settled ones, and watermarks that move unevenly.
+    fn requests(seed: u64, n: usize, window: u64) -> Vec<Request> {
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut clients = [(1u64, 1u64), (1, 1), (1, 1)]; // (watermark, next seq)
+        (0..n)
+            .map(|_| {
+                let c = next() as usize % clients.len();
+                let (wm, seq) = &mut clients[c];
+                let r = next() % 10;
+                let s = if r < 6 || *seq == 1 {
+                    *seq += 1;
+                    *seq - 1
+                } else if r < 8 {
+                    *wm + next() % (*seq - *wm).max(1)
+                } else {
+                    1 + next() % *seq
+                };
+                if next() % 3 == 0 {
+                    *wm = (*wm + next() % (window + 1)).min(*seq);
+                }
+                *wm = (*wm).max(seq.saturating_sub(window));
+                (c as u64 + 7, s, *wm)
+            })
+            .collect()
+    }
+
+    /// Applies `reqs` in txns of `chunk` requests; returns each verdict and the two tables.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        reqs: &[Request],
+        chunk: usize,
+        expire_at: Option<usize>,
+    ) -> (Vec<Dedup>, Vec<(u64, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>) {
+        let d = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(&d.path().join("data"), 64).unwrap();
+        let mut verdicts = Vec::new();
+        for (c, part) in reqs.chunks(chunk).enumerate() {
+            let mut txn = sm.begin().unwrap();
+            for (i, &(client, seq, wm)) in part.iter().enumerate() {
+                let index = (c * chunk + i) as u64 + 1;
+                let v = txn.check_session(client, seq, wm, index).unwrap();
+                if v == Dedup::New {
+                    txn.record_result(client, seq, -(seq as i32 % 5)).unwrap();
+                }
+                verdicts.push(v);
+                if expire_at == Some(index as usize) {
+                    // Sessions idle since before the previous entry are forgotten: one at least.
+                    let n = txn
+                        .expire_sessions(index + SESSION_EXPIRY_ENTRIES - 1)
+                        .unwrap();
+                    assert!(n > 0, "some session was idle");
+                }
+                txn.set_applied(index, 1);
+            }
+            txn.commit().unwrap();
+        }
+        let rtxn = sm.env.read_txn().unwrap();
+        let sessions = sm
+            .sessions
+            .iter(&rtxn)
+            .unwrap()
+            .map(|r| r.map(|(k, v)| (k, v.to_vec())).unwrap())
+            .collect();
+        let dedup = sm
+            .dedup
+            .iter(&rtxn)
+            .unwrap()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect();
+        (verdicts, sessions, dedup)
+    }
+
+    #[test]
+    fn sessions_written_once_per_txn_match_one_txn_per_request() {
+        for seed in [1, 2, 3, 0x9e37_79b9] {
+            let reqs = requests(seed, 600, 8);
+            let (verdicts, sessions, dedup) = run(&reqs, 1, None);
+            assert!(
+                verdicts
+                    .iter()
+                    .any(|v| matches!(v, Dedup::Duplicate(Some(_))))
+                    && verdicts.contains(&Dedup::Duplicate(None))
+                    && verdicts.contains(&Dedup::New),
+                "the requests exercise every verdict"
+            );
+            assert!(!dedup.is_empty(), "outstanding rows are kept");
+            for chunk in [2, 7, 64, 600] {
+                let got = run(&reqs, chunk, None);
+                assert_eq!(got.0, verdicts, "verdicts, seed {seed}, chunk {chunk}");
+                assert_eq!(got.1, sessions, "sessions, seed {seed}, chunk {chunk}");
+                assert_eq!(got.2, dedup, "dedup rows, seed {seed}, chunk {chunk}");
+            }
+            let expired = run(&reqs, 1, Some(400));
+            for chunk in [5, 600] {
+                let got = run(&reqs, chunk, Some(400));
+                assert_eq!(got, expired, "with expiry, seed {seed}, chunk {chunk}");
+            }
+        }
+    }
 }
