@@ -28,15 +28,32 @@ struct Waiter {
     attempt: Attempt,
 }
 
+/// An answer taken from the map and not sent yet.
+type Answer = (Sender<Outcome>, Outcome);
+
+/// How many callers the completing thread wakes itself, and each woken caller after it.
+const FAN_OUT: usize = 4;
+
 /// The waiters of one replica's session.
+///
+/// A batch of answers wakes its callers as a tree: the completing thread (raft or apply)
+/// sends [`FAN_OUT`] of them and queues the rest, and each caller, once woken, sends up to
+/// [`FAN_OUT`] more ([`Waiters::relay`]). Each wake-up costs the waker an interrupt on this
+/// kind of machine; spread over the callers, they no longer hold up the raft thread's next
+/// append. Whatever the callers leave queued, the raft thread sends before it sleeps.
 #[derive(Default)]
 pub struct Waiters {
     map: Mutex<HashMap<u64, Waiter>>,
+    relay: Mutex<Vec<Answer>>,
 }
 
 impl Waiters {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn relay_lock(&self) -> std::sync::MutexGuard<'_, Vec<Answer>> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers the waiter of request `seq`.
@@ -81,16 +98,41 @@ impl Waiters {
     }
 
     /// Completes many requests: takes their waiters under one lock, and wakes them after
-    /// releasing it. A woken caller takes the lock at once, to unregister its request, so one
-    /// woken while the lock is held would block on it and need a second wake-up.
+    /// releasing it (a woken caller takes the lock at once, to unregister its request, so one
+    /// woken while the lock is held would block on it and need a second wake-up). Wakes
+    /// [`FAN_OUT`] of them and leaves the others to the callers woken (see [`Waiters`]).
     pub fn complete_all(&self, done: impl IntoIterator<Item = (u64, Outcome)>) {
-        let woken: Vec<(Sender<Outcome>, Outcome)> = {
+        let mut woken: Vec<Answer> = {
             let mut map = self.lock();
             done.into_iter()
                 .filter_map(|(seq, outcome)| map.remove(&seq).map(|w| (w.tx, outcome)))
                 .collect()
         };
+        if woken.len() > FAN_OUT {
+            let rest = woken.split_off(FAN_OUT);
+            self.relay_lock().extend(rest);
+        }
         for (tx, outcome) in woken {
+            let _ = tx.try_send(outcome);
+        }
+    }
+
+    /// Sends up to [`FAN_OUT`] queued answers: a caller's part of the tree of wake-ups, done
+    /// once its own answer (or its deadline) woke it.
+    pub fn relay(&self) {
+        let answers: [Option<Answer>; FAN_OUT] = {
+            let mut queue = self.relay_lock();
+            std::array::from_fn(|_| queue.pop())
+        };
+        for (tx, outcome) in answers.into_iter().flatten() {
+            let _ = tx.try_send(outcome);
+        }
+    }
+
+    /// Sends every queued answer.
+    pub fn relay_all(&self) {
+        let answers = std::mem::take(&mut *self.relay_lock());
+        for (tx, outcome) in answers {
             let _ = tx.try_send(outcome);
         }
     }
@@ -106,6 +148,7 @@ impl Waiters {
 
     /// Fails every waiter with `e`.
     pub fn fail_all(&self, e: &Error) {
+        self.relay_all();
         let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
         for w in waiters {
             let _ = w.tx.try_send(Err(e.clone()));
@@ -120,5 +163,68 @@ impl Waiters {
     /// True when nobody waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(w: &Waiters, n: u64) -> Vec<flume::Receiver<Outcome>> {
+        (0..n)
+            .map(|seq| {
+                let (tx, rx) = flume::bounded(8);
+                w.register(seq, tx);
+                rx
+            })
+            .collect()
+    }
+
+    fn answered(rxs: &[flume::Receiver<Outcome>]) -> usize {
+        rxs.iter().filter(|rx| !rx.is_empty()).count()
+    }
+
+    /// A batch wakes its callers as a tree: the completing thread sends a few answers, each
+    /// relay a few more, and `relay_all` (the raft thread before it sleeps) sends the rest.
+    #[test]
+    fn a_batch_is_answered_as_a_tree() {
+        let w = Waiters::default();
+        let rxs = waiting(&w, 20);
+        w.complete_all((0..20).map(|seq| (seq, Ok(()))));
+        assert_eq!(answered(&rxs), FAN_OUT, "the completing thread wakes a few");
+        assert!(w.is_empty(), "every request is taken from the map at once");
+        w.relay();
+        assert_eq!(
+            answered(&rxs),
+            2 * FAN_OUT,
+            "a woken caller passes on a few"
+        );
+        w.relay_all();
+        assert_eq!(answered(&rxs), 20);
+        for rx in &rxs {
+            assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+            assert!(rx.is_empty(), "answered once");
+        }
+        w.relay();
+        w.relay_all();
+        assert_eq!(answered(&rxs), 0, "nothing is sent twice");
+    }
+
+    /// Answers still queued when the replica fails go out as they were, before the failure
+    /// reaches the callers still waiting.
+    #[test]
+    fn failing_sends_the_queued_answers_first() {
+        let w = Waiters::default();
+        let rxs = waiting(&w, 10);
+        w.complete_all((0..6).map(|seq| (seq, Ok(()))));
+        w.fail_all(&Error::Closed);
+        for (seq, rx) in rxs.iter().enumerate() {
+            let got = rx.try_recv().expect("every caller is answered");
+            if seq < 6 {
+                assert!(got.is_ok(), "request {seq} completed before the failure");
+            } else {
+                assert!(matches!(got, Err(Error::Closed)), "request {seq}");
+            }
+        }
     }
 }

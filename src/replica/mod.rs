@@ -373,7 +373,9 @@ impl Replica {
             self.send_to_raft(make(), deadline)?;
             let mut attempt_end = deadline.min(Instant::now() + interval);
             loop {
-                match rx.recv_deadline(attempt_end) {
+                let received = rx.recv_deadline(attempt_end);
+                self.shared.waiters.relay();
+                match received {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(e @ (Error::NoLeader | Error::Busy(_)))) => {
                         last_err = e;

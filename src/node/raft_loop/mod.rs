@@ -190,6 +190,10 @@ impl RaftLoop {
             } else {
                 next_tick.saturating_duration_since(Instant::now())
             };
+            if !wait.is_zero() {
+                // Answers the woken callers have not passed on yet go out before the sleep.
+                self.shared.waiters.relay_all();
+            }
             self.inbox.wait(wait, &mut self.readable);
             // The peers' connections first, then the inbox: each connection stays in order
             // (its first message came through the inbox, before the connection itself), and
