@@ -1,6 +1,6 @@
 //! Callers blocked on a proposal, keyed by the request's sequence number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use flume::Sender;
@@ -44,7 +44,8 @@ const FAN_OUT: usize = 4;
 #[derive(Default)]
 pub struct Waiters {
     map: Mutex<HashMap<u64, Waiter>>,
-    relay: Mutex<Vec<Answer>>,
+    /// Answers queued for the woken callers to send, oldest first.
+    relay: Mutex<VecDeque<Answer>>,
 }
 
 impl Waiters {
@@ -52,7 +53,7 @@ impl Waiters {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn relay_lock(&self) -> std::sync::MutexGuard<'_, Vec<Answer>> {
+    fn relay_lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Answer>> {
         self.relay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -117,12 +118,12 @@ impl Waiters {
         }
     }
 
-    /// Sends up to [`FAN_OUT`] queued answers: a caller's part of the tree of wake-ups, done
+    /// Sends up to [`FAN_OUT`] queued answers, the oldest first: a caller's part of the tree of wake-ups, done
     /// once its own answer (or its deadline) woke it.
     pub fn relay(&self) {
         let answers: [Option<Answer>; FAN_OUT] = {
             let mut queue = self.relay_lock();
-            std::array::from_fn(|_| queue.pop())
+            std::array::from_fn(|_| queue.pop_front())
         };
         for (tx, outcome) in answers.into_iter().flatten() {
             let _ = tx.try_send(outcome);
@@ -198,6 +199,10 @@ mod tests {
             answered(&rxs),
             2 * FAN_OUT,
             "a woken caller passes on a few"
+        );
+        assert!(
+            rxs[..2 * FAN_OUT].iter().all(|rx| !rx.is_empty()),
+            "the oldest queued answers go first"
         );
         w.relay_all();
         assert_eq!(answered(&rxs), 20);
