@@ -440,6 +440,14 @@ pub(crate) fn decode_u64(b: &[u8]) -> Result<u64> {
     ))
 }
 
+/// Two u64s as 16 little-endian bytes (read back by [`decode_pair`]).
+pub(crate) fn encode_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_le_bytes());
+    out[8..].copy_from_slice(&b.to_le_bytes());
+    out
+}
+
 pub(crate) fn decode_pair(b: &[u8]) -> Option<(u64, u64)> {
     if b.len() != 16 {
         return None;

@@ -7,7 +7,7 @@ use heed::RwTxn;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::ConfState;
 
-use super::{change, change_key, decode_u64, StateMachine, SESSION_EXPIRY_ENTRIES};
+use super::{change, change_key, decode_u64, encode_pair, StateMachine, SESSION_EXPIRY_ENTRIES};
 use crate::error::{Error, Result};
 
 /// What the dedup table says about a request.
@@ -329,12 +329,8 @@ impl<'a> ApplyTxn<'a> {
             Dedup::New
         };
         if watermark > session.watermark {
-            let settled: Vec<(u64, u64)> = self
-                .results
-                .range((client_id, session.watermark)..(client_id, watermark))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in settled {
+            let settled = (client_id, session.watermark)..(client_id, watermark);
+            while let Some((&k, _)) = self.results.range(settled.clone()).next() {
                 self.results.remove(&k);
             }
             session.watermark = watermark;
@@ -363,9 +359,7 @@ impl<'a> ApplyTxn<'a> {
                 let range = (Bound::Included(&from[..]), Bound::Excluded(&to[..]));
                 self.sm.dedup.delete_range(&mut self.txn, &range)?;
             }
-            let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&s.watermark.to_le_bytes());
-            b[8..].copy_from_slice(&s.last.to_le_bytes());
+            let b = encode_pair(s.watermark, s.last);
             self.sm.sessions.put(&mut self.txn, &client_id, &b)?;
         }
         self.sessions.clear();
@@ -421,9 +415,7 @@ impl<'a> ApplyTxn<'a> {
     /// Writes the applied index and commits everything.
     pub fn commit(mut self) -> Result<()> {
         self.flush_sessions()?;
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.applied.to_le_bytes());
-        b[8..].copy_from_slice(&self.applied_term.to_le_bytes());
+        let b = encode_pair(self.applied, self.applied_term);
         self.sm.meta.put(&mut self.txn, "applied", &b)?;
         if let Some(bytes) = self.changes_bytes {
             self.sm
